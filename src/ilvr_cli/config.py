@@ -63,7 +63,7 @@ class UNetConfig:
     #: first with shift 1 (diffusers' ``flip_sin_to_cos`` / ``freq_shift``).
     time_embed_flip_sin_to_cos: bool = True
     time_embed_freq_shift: float = 0.0
-    #: "symmetric": stride-2 conv with padding 1 (ADM); "tf_same": pad right/bottom by 1, no padding (Ho et al.).
+    #: "symmetric": stride-2 conv, padding 1 (ADM); "tf_same": pad right/bottom by 1, no padding (Ho et al.).
     downsample_padding: Literal["symmetric", "tf_same"] = "symmetric"
     #: "legacy": guided-diffusion's QKVAttentionLegacy channel layout (the published checkpoints); "new":
     #: its QKVAttention layout (``use_new_attention_order``).
@@ -95,7 +95,9 @@ class UNetConfig:
             mult_tuple = tuple(mult)
         if not mult_tuple:
             if image_size not in DEFAULT_CHANNEL_MULT:
-                raise CheckpointError(f"no default channel_mult for image size {image_size}; give channel_mult")
+                raise CheckpointError(
+                    f"no default channel_mult for image size {image_size}; give channel_mult"
+                )
             mult_tuple = DEFAULT_CHANNEL_MULT[image_size]
         att = flags.get("attention_resolutions", "32,16,8")
         att_tuple = tuple(int(a) for a in att.split(",") if a) if isinstance(att, str) else tuple(att)

@@ -1,0 +1,68 @@
+"""What every command shares: the rich consoles and the one place that maps errors to exit codes."""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+from typing import ParamSpec, TypeVar
+
+import typer
+from rich.console import Console
+
+from ilvr_cli.cli.exit_codes import ExitCode
+from ilvr_cli.errors import CheckpointError, DownloadError, IlvrError, InputError, UsageError
+
+#: Results go to stdout (so ``--json`` output can be piped); progress, warnings and errors to stderr.
+out = Console()
+err = Console(stderr=True)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def exit_code_for(error: BaseException) -> ExitCode:
+    """The documented exit code of an exception (docs/cli.md)."""
+    if isinstance(error, KeyboardInterrupt):
+        return ExitCode.INTERRUPTED
+    if isinstance(error, UsageError):
+        return ExitCode.USAGE
+    if isinstance(error, CheckpointError | InputError):
+        return ExitCode.BAD_INPUT
+    if isinstance(error, DownloadError):
+        return ExitCode.DOWNLOAD
+    if isinstance(error, IlvrError):
+        return ExitCode.BAD_INPUT
+    return ExitCode.INTERNAL
+
+
+def handle_errors(command: Callable[P, R]) -> Callable[P, R]:
+    """Decorate a command: an :class:`IlvrError` becomes one red line on stderr and its exit code.
+
+    Unexpected exceptions print a one-line summary too; ``ILVR_DEBUG=1`` re-raises them with the traceback.
+    """
+
+    @functools.wraps(command)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return command(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except KeyboardInterrupt as error:
+            err.print("[yellow]interrupted[/]")
+            raise typer.Exit(exit_code_for(error)) from None
+        except IlvrError as error:
+            err.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+            raise typer.Exit(exit_code_for(error)) from None
+        except Exception as error:
+            if os.environ.get("ILVR_DEBUG"):
+                raise
+            err.print(
+                f"[bold red]internal error:[/] {type(error).__name__}: {error} "
+                "(rerun with ILVR_DEBUG=1 for the traceback, and please report it)",
+                highlight=False,
+                soft_wrap=True,
+            )
+            raise typer.Exit(ExitCode.INTERNAL) from None
+
+    return wrapper
