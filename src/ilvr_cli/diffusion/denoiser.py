@@ -1,0 +1,109 @@
+"""A network plus what it was trained for: the one object the sampler calls.
+
+The respaced index ``i`` is mapped to the network's own time exactly as guided-diffusion ``respace.py``'s
+``_WrappedModel`` does: ``timestep_map[i]``, or ``timestep_map[i] * 1000 / original_num_steps`` (float32)
+when the model was trained with ``rescale_timesteps``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from ilvr_cli.config import DiffusionConfig, VarianceType
+from ilvr_cli.diffusion.posterior import VARIANCE_TYPES, Posterior, p_mean_variance
+from ilvr_cli.diffusion.schedule import Schedule
+from ilvr_cli.errors import CheckpointError, UsageError
+
+#: A network ``f(x, timesteps) -> output`` with timesteps of shape (B,) in the network's own time.
+Network = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+AUTOCAST_DTYPES = (None, torch.bfloat16, torch.float16)
+
+
+class Denoiser:
+    """Wraps ``network`` with its (respaced) ``schedule`` and ``variance_type``; eps prediction only."""
+
+    def __init__(
+        self,
+        network: Network,
+        schedule: Schedule,
+        variance_type: VarianceType,
+        rescale_timesteps: bool = False,
+        clip_denoised: bool = True,
+        autocast_dtype: torch.dtype | None = None,
+    ) -> None:
+        if variance_type not in VARIANCE_TYPES:
+            raise CheckpointError(
+                f"unknown variance type {variance_type!r}; expected one of {VARIANCE_TYPES}"
+            )
+        if autocast_dtype not in AUTOCAST_DTYPES:
+            raise UsageError(f"autocast dtype must be one of {AUTOCAST_DTYPES}, got {autocast_dtype}")
+        self.network = network
+        self.schedule = schedule
+        self.variance_type: VarianceType = variance_type
+        self.rescale_timesteps = rescale_timesteps
+        self.clip_denoised = clip_denoised
+        self.autocast_dtype = autocast_dtype
+
+    @classmethod
+    def from_loaded(
+        cls,
+        network: Network,
+        diffusion_config: DiffusionConfig,
+        steps: str | int | None = "100",
+        *,
+        clip_denoised: bool = True,
+        autocast_dtype: torch.dtype | None = None,
+    ) -> Denoiser:
+        """The training schedule of ``diffusion_config`` respaced to ``steps`` ("100", "ddim50", "" = all)."""
+        if diffusion_config.prediction != "eps":
+            raise CheckpointError(
+                f"only eps-prediction models are supported, got {diffusion_config.prediction!r}"
+            )
+        return cls(
+            network,
+            Schedule.from_config(diffusion_config).respace(steps),
+            diffusion_config.variance_type,
+            rescale_timesteps=diffusion_config.rescale_timesteps,
+            clip_denoised=clip_denoised,
+            autocast_dtype=autocast_dtype,
+        )
+
+    def network_time(self, i: int) -> int | float:
+        """The timestep the network sees for respaced index ``i`` (guided-diffusion ``_WrappedModel``)."""
+        t = self.schedule.timestep(i)
+        if not self.rescale_timesteps:
+            return t
+        # new_ts.float() * (1000.0 / original_num_steps), in float32 as guided-diffusion computes it.
+        return float(np.float32(t) * np.float32(1000.0 / self.schedule.original_num_steps))
+
+    def _autocast(self, x: torch.Tensor) -> contextlib.AbstractContextManager:
+        if self.autocast_dtype is None or x.device.type != "cuda":
+            return contextlib.nullcontext()
+        return torch.autocast(device_type="cuda", dtype=self.autocast_dtype)
+
+    def model_output(self, x: torch.Tensor, i: int) -> torch.Tensor:
+        """The raw network output at respaced index ``i`` for the batch ``x`` (all samples at step i)."""
+        t = self.network_time(i)
+        dtype = torch.float32 if self.rescale_timesteps else torch.int64
+        timesteps = torch.full((x.shape[0],), t, dtype=dtype, device=x.device)
+        with self._autocast(x):
+            return self.network(x, timesteps)
+
+    def posterior(self, x: torch.Tensor, i: int) -> Posterior:
+        """p(x_{i-1} | x_i): mean, log-variance and the (clipped) x_0 prediction, in float32."""
+        return p_mean_variance(
+            self.schedule, self.model_output(x, i), x, i, self.variance_type, clip_denoised=self.clip_denoised
+        )
+
+    __call__ = posterior
+
+    def __repr__(self) -> str:
+        return (
+            f"Denoiser({type(self.network).__name__}, {self.schedule!r}, "
+            f"variance_type={self.variance_type!r}, rescale_timesteps={self.rescale_timesteps})"
+        )
