@@ -1,0 +1,158 @@
+"""Seconds per sampling step vs one bare forward pass of the 256x256 ADM used by ilvr_adm (93.6M params).
+
+Prints: the machine's fp32 (or bf16) matmul throughput, the network's FLOPs per forward
+(torch.utils.flop_counter), the bare forward time and its share of the matmul throughput, and the time
+of one DDPM step through the sampler (Denoiser + posterior + noise) with and without the ILVR hook.
+Random weights; nothing is downloaded.
+
+    python benchmarks/bench_unet.py                      # CPU, fp32, batch 1
+    python benchmarks/bench_unet.py --device cuda --precision bf16 --batch 16 --channels-last
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from ilvr_cli.config import DiffusionConfig, UNetConfig
+from ilvr_cli.diffusion import Denoiser, NoiseSource, Schedule, sample_steps
+from ilvr_cli.ilvr import ILVRHook, LowPass
+from ilvr_cli.models.unet import UNet
+
+#: ilvr_adm / P2-weighting FFHQ model flags (the `ffhq` catalog entry).
+FFHQ_FLAGS = {
+    "image_size": 256,
+    "num_channels": 128,
+    "num_res_blocks": 1,
+    "attention_resolutions": "16",
+    "num_head_channels": 64,
+    "resblock_updown": True,
+    "use_scale_shift_norm": True,
+    "learn_sigma": True,
+}
+#: guided-diffusion's LSUN / ImageNet-256 unconditional model flags.
+ADM256_FLAGS = {
+    **FFHQ_FLAGS,
+    "num_channels": 256,
+    "num_res_blocks": 2,
+    "attention_resolutions": "32,16,8",
+}
+CONFIGS = {"ffhq": FFHQ_FLAGS, "adm256": ADM256_FLAGS}
+DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int = 1) -> float:
+    """Median wall time of ``fn`` in seconds."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def matmul_flops_per_s(device: torch.device, dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
+    """Throughput of a large square matmul: the machine's practical peak for this dtype."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    return 2 * n**3 / timed(lambda: a @ b, device, repeats)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--config", choices=sorted(CONFIGS), default="ffhq")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--precision", choices=sorted(DTYPES), default="fp32")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--factor", type=int, default=8, help="ILVR down-sampling factor N")
+    args = parser.parse_args()
+
+    device = torch.device(args.device)
+    autocast_dtype = DTYPES[args.precision]
+    config = UNetConfig.from_guided_diffusion_flags(CONFIGS[args.config])
+    torch.manual_seed(0)
+    network = UNet(config).to(device).eval()
+    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+    network = network.to(memory_format=memory_format)
+    params = sum(p.numel() for p in network.parameters())
+
+    size = config.image_size
+    x = torch.randn(args.batch, 3, size, size, device=device).to(memory_format=memory_format)
+    t = torch.full((args.batch,), 500, device=device, dtype=torch.long)
+    use_autocast = autocast_dtype is not None
+
+    def forward() -> torch.Tensor:
+        with (
+            torch.inference_mode(),
+            torch.autocast(device.type, autocast_dtype or torch.float32, use_autocast),
+        ):
+            return network(x, t)
+
+    with FlopCounterMode(display=False) as counter:
+        forward()
+    flops = counter.get_total_flops()
+
+    schedule = Schedule.from_config(DiffusionConfig(variance_type="learned_range")).respace("1000")
+    denoiser = Denoiser(network, schedule, "learned_range", autocast_dtype=autocast_dtype)
+    keys = [f"bench-{k}" for k in range(args.batch)]
+    reference = torch.rand(args.batch, 3, size, size, device=device) * 2 - 1
+    hook = ILVRHook(LowPass(size, size, args.factor), schedule, reference=reference)
+
+    def sampler_steps(hooks: tuple) -> Callable[[], None]:
+        def run() -> None:
+            steps = sample_steps(denoiser, NoiseSource(0, keys, device), x_T=x, hooks=hooks)
+            for _ in range(args.repeats):
+                next(steps)
+
+        return run
+
+    forward_s = timed(forward, device, args.repeats)
+    # sampler_steps runs `repeats` steps per call: divide to get seconds per step.
+    step_s = timed(sampler_steps(()), device, 1) / args.repeats
+    ilvr_s = timed(sampler_steps((hook,)), device, 1) / args.repeats
+    lowpass_s = timed(lambda: hook.lowpass(reference), device, max(args.repeats, 10))
+    peak = matmul_flops_per_s(device, autocast_dtype or torch.float32)
+
+    print(
+        f"device            {device} ({torch.get_num_threads()} threads)"
+        if device.type == "cpu"
+        else f"device            {torch.cuda.get_device_name(device)}"
+    )
+    print(
+        f"config            {args.config}: {params / 1e6:.1f}M parameters, {size}x{size}, batch {args.batch}, "
+        f"{args.precision}, channels_last={args.channels_last}"
+    )
+    print(f"forward FLOPs     {flops / 1e9:.1f} GFLOP")
+    print(f"matmul peak       {peak / 1e9:.1f} GFLOP/s")
+    print(
+        f"bare forward      {forward_s:.4f} s  ({flops / forward_s / 1e9:.1f} GFLOP/s, "
+        f"{100 * flops / forward_s / peak:.0f}% of matmul peak)"
+    )
+    print(f"sampler step      {step_s:.4f} s  (overhead {100 * (step_s / forward_s - 1):+.1f}% vs forward)")
+    print(f"sampler + ILVR    {ilvr_s:.4f} s  (overhead {100 * (ilvr_s / forward_s - 1):+.1f}% vs forward)")
+    print(
+        f"phi_N alone       {lowpass_s * 1e3:.2f} ms  (N={args.factor}, "
+        f"{100 * lowpass_s / forward_s:.2f}% of a forward)"
+    )
+
+
+if __name__ == "__main__":
+    main()
