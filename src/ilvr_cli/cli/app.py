@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 
 from ilvr_cli import __version__
+from ilvr_cli.cli import models_cmd
 
 app = typer.Typer(
     name="ilvr",
@@ -38,6 +39,9 @@ def _root(
     ] = False,
 ) -> None:
     """ILVR: Iterative Latent Variable Refinement (Choi et al., ICCV 2021) for real images."""
+
+
+app.add_typer(models_cmd.app, name="models")
 
 
 def main() -> None:

@@ -1,0 +1,292 @@
+"""``ilvr models``: list, inspect, download, locate, remove and add models (see docs/registry.md).
+
+Registered by the root app with ``app.add_typer(models_cmd.app, name="models")``. The registry is imported
+inside the commands, and torch only by the registry when it converts or loads, so ``ilvr --help`` stays
+light.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+
+from ilvr_cli.cli.common import err, handle_errors, out
+from ilvr_cli.errors import UsageError
+
+if TYPE_CHECKING:
+    from ilvr_cli.registry.catalog import ModelSpec
+    from ilvr_cli.registry.manage import ModelStatus
+
+app = typer.Typer(
+    name="models",
+    help="List, download and manage models: the built-in catalog, your additions, and the cache.",
+    no_args_is_help=True,
+)
+
+CacheDirOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--cache-dir",
+        help="Cache root (default: $ILVR_CACHE_DIR, else the user cache dir).",
+        file_okay=False,
+        show_default=False,
+    ),
+]
+
+
+class RichDownloadProgress:
+    """Renders registry download events as a rich progress bar on stderr (bytes, speed, ETA)."""
+
+    def __init__(self) -> None:
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=err,
+        )
+        self.task: TaskID | None = None
+
+    def __enter__(self) -> RichDownloadProgress:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def start(self, label: str, total: int | None, completed: int = 0) -> None:
+        if self.task is None:
+            self.task = self.progress.add_task(label, total=total, completed=completed)
+        else:
+            self.progress.reset(self.task, total=total, completed=completed, description=label)
+
+    def advance(self, nbytes: int) -> None:
+        if self.task is not None:
+            self.progress.advance(self.task, nbytes)
+
+    def finish(self) -> None:
+        self.task = None
+
+    def note(self, message: str) -> None:
+        self.progress.console.print(f"[dim]{escape(message)}[/]", highlight=False, soft_wrap=True)
+
+
+def _size_text(spec: ModelSpec) -> str:
+    from ilvr_cli.registry.download import format_bytes
+
+    size, exact = spec.download_size
+    return "?" if size is None else ("" if exact else "~") + format_bytes(size)
+
+
+def _state_text(status: ModelStatus) -> str:
+    from ilvr_cli.registry.download import format_bytes
+
+    return {
+        "ready": "[green]yes[/]",
+        "downloaded": "[yellow]downloaded[/] (converts on first use)",
+        "partial": f"[yellow]partial[/] ({format_bytes(status.bytes_on_disk)})",
+        "missing": "no",
+    }[status.state]
+
+
+def _flatten(defaults: dict[str, object], prefix: str = "") -> list[str]:
+    """{"respacing": "100", "translate": {"factor": 32}} -> ["respacing=100", "translate.factor=32"]."""
+    items: list[str] = []
+    for key, value in defaults.items():
+        if isinstance(value, dict):
+            items += _flatten(value, f"{prefix}{key}.")
+        else:
+            items.append(f"{prefix}{key}={value}")
+    return items
+
+
+@app.command("list")
+@handle_errors
+def list_models(cache_dir: CacheDirOption = None) -> None:
+    """Show the catalog: name, family, resolution, parameters, download size, and whether it is cached."""
+    from ilvr_cli.registry import cache_root, load_catalog, model_status
+
+    table = Table(title=f"Models (cache: {escape(str(cache_root(cache_dir)))})", title_justify="left")
+    for column in ("name", "family", "resolution", "params", "size", "cached"):
+        table.add_column(column, justify="right" if column in ("params", "size") else "left")
+    for spec in load_catalog(cache_dir):
+        resolution = f"{spec.image_size}x{spec.image_size}" if spec.image_size else "-"
+        params = f"{spec.params / 1e6:.1f}M" if spec.params else "-"
+        name = spec.name + (" [dim](yours)[/]" if spec.origin == "user" else "")
+        status = model_status(spec, cache_dir)
+        table.add_row(name, spec.family, resolution, params, _size_text(spec), _state_text(status))
+    out.print(table)
+
+
+@app.command("info")
+@handle_errors
+def info(
+    name: Annotated[str, typer.Argument(help="A catalog name.")],
+    verify: Annotated[bool, typer.Option("--verify", help="Rehash the cached files now.")] = False,
+    cache_dir: CacheDirOption = None,
+) -> None:
+    """Everything the catalog and the cache know about one model, sha256 values included."""
+    from ilvr_cli.registry import load_catalog, model_status
+    from ilvr_cli.registry.download import format_bytes
+    from ilvr_cli.registry.manage import file_infos, verify_model
+
+    spec = load_catalog(cache_dir).get(name)
+    status = model_status(spec, cache_dir)
+    rows: list[tuple[str, str]] = [
+        ("name", spec.name + (" (added by you)" if spec.origin == "user" else "")),
+        ("title", spec.title),
+        ("kind", spec.kind),
+        ("family", spec.family),
+        ("format", spec.format),
+    ]
+    if spec.image_size:
+        rows.append(("resolution", f"{spec.image_size}x{spec.image_size}"))
+    if spec.params:
+        rows.append(("parameters", f"{spec.params:,}"))
+    if spec.diffusion:
+        d = spec.diffusion
+        rows.append(
+            ("diffusion", f"{d.schedule} schedule, {d.num_timesteps} steps, {d.variance_type} variance")
+        )
+    rows += [("download", _size_text(spec)), ("license", spec.license), ("source page", spec.source_page)]
+    if spec.defaults:
+        rows.append(("defaults", ", ".join(_flatten(spec.defaults))))
+    rows += [("cached", _state_text(status)), ("folder", str(status.directory))]
+    if status.path:
+        rows.append(("path", str(status.path)))
+    if status.bytes_on_disk:
+        rows.append(("on disk", format_bytes(status.bytes_on_disk)))
+    for f in file_infos(spec, cache_dir):
+        size = format_bytes(f.size) if f.size is not None else "~" + format_bytes(f.approx_size)
+        sha = {
+            "published": f"{f.sha256} (published)",
+            "first-use": f"{f.sha256} (recorded on first download)",
+        }
+        rows.append(
+            (
+                f"file {f.name}",
+                f"{size}; sha256 {sha.get(f.trust, 'not published; recorded on first download')}",
+            )
+        )
+        rows += [("  source", s.describe()) for s in f.sources]
+    if spec.notes:
+        rows.append(("notes", spec.notes))
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    for key, value in rows:
+        table.add_row(escape(key), value if key == "cached" else escape(value))
+    out.print(table)
+    if verify:
+        for file_name, ok in verify_model(spec, cache_dir).items():
+            mark = "[green]ok[/]" if ok else "[red]MISMATCH (deleted)[/]"
+            out.print(f"verify {escape(file_name)}: {mark}")
+
+
+@app.command("download")
+@handle_errors
+def download(
+    names: Annotated[list[str], typer.Argument(help="Catalog names.", show_default=False)],
+    no_convert: Annotated[
+        bool, typer.Option("--no-convert", help="Only download; convert to safetensors on first use.")
+    ] = False,
+    keep_original: Annotated[
+        bool, typer.Option("--keep-original", help="Keep the downloaded checkpoint after converting it.")
+    ] = False,
+    cache_dir: CacheDirOption = None,
+) -> None:
+    """Download models into the cache (resumable, verified) and convert them to safetensors."""
+    from ilvr_cli.registry import load_catalog, prepare
+
+    catalog = load_catalog(cache_dir)
+    specs = [catalog.get(n) for n in names]  # every name is checked before anything is downloaded
+    with RichDownloadProgress() as progress:
+        for spec in specs:
+            resolved = prepare(
+                spec,
+                cache_dir=cache_dir,
+                progress=progress,
+                convert=not no_convert,
+                keep_original=keep_original,
+            )
+            progress.note(f"{spec.name}: ready at {resolved.path}")
+
+
+@app.command("path")
+@handle_errors
+def path(
+    name: Annotated[str, typer.Argument(help="A catalog name.")], cache_dir: CacheDirOption = None
+) -> None:
+    """Print where a cached model is (the file that is loaded); fails if it is not in the cache."""
+    from ilvr_cli.registry import load_catalog, model_status
+
+    spec = load_catalog(cache_dir).get(name)
+    status = model_status(spec, cache_dir)
+    if status.path is None:
+        raise UsageError(
+            f"{name} is not in the cache ({status.directory}); run `ilvr models download {name}`"
+        )
+    typer.echo(str(status.path))
+
+
+@app.command("rm")
+@handle_errors
+def rm(
+    names: Annotated[list[str], typer.Argument(help="Catalog names.", show_default=False)],
+    forget: Annotated[
+        bool, typer.Option("--forget", help="Also drop entries you added from your catalog.")
+    ] = False,
+    cache_dir: CacheDirOption = None,
+) -> None:
+    """Delete models from the cache (first-use sha256 records are kept, so a re-download is still checked)."""
+    from ilvr_cli.registry import remove_model
+    from ilvr_cli.registry.download import format_bytes
+
+    for name in names:
+        freed = remove_model(name, cache_dir, forget=forget)
+        out.print(
+            f"{escape(name)}: removed ({format_bytes(freed)} freed)" + (", forgotten" if forget else "")
+        )
+
+
+@app.command("add")
+@handle_errors
+def add(
+    name: Annotated[str, typer.Argument(help="The name to use with --model (letters, digits, . _ + -).")],
+    source: Annotated[
+        Path, typer.Argument(help="A checkpoint file (.pt, .safetensors) or a diffusers folder.", exists=True)
+    ],
+    like: Annotated[
+        str | None, typer.Option("--like", help="Use the architecture and schedule of this catalog model.")
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            help='JSON: {"unet": {...}, "diffusion": {...}} or guided-diffusion flags.',
+            exists=True,
+            dir_okay=False,
+        ),
+    ] = None,
+    cache_dir: CacheDirOption = None,
+) -> None:
+    """Add a checkpoint you obtained by hand (a Drive-only model, your own training run) to the cache."""
+    from ilvr_cli.registry import add_model
+
+    with RichDownloadProgress() as progress:
+        resolved = add_model(name, source, like=like, config=config, cache_dir=cache_dir, progress=progress)
+    out.print(f"{escape(name)}: ready at {escape(str(resolved.path))}; use it with --model {escape(name)}")

@@ -1,0 +1,297 @@
+"""``--model`` to something loadable: a catalog name (downloaded and converted on first use), a checkpoint
+file, or a diffusers folder.
+
+:func:`load_model` is the one entry point task commands use: resolve, download if needed, convert once,
+load. :func:`fetch` gives the local path of any entry's files (e.g. the FID Inception weights).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ilvr_cli.config import DiffusionConfig, UNetConfig
+from ilvr_cli.errors import DownloadError, InputError, UsageError
+from ilvr_cli.registry.cache import (
+    CONVERTED_NAME,
+    FileRecord,
+    Manifest,
+    cache_root,
+    model_dir,
+    sha256_file,
+)
+from ilvr_cli.registry.catalog import Catalog, ModelSpec, load_catalog
+from ilvr_cli.registry.download import (
+    DownloadOptions,
+    DownloadProgress,
+    FetchedFile,
+    NullProgress,
+    ensure_file,
+)
+from ilvr_cli.registry.lock import FileLock
+
+if TYPE_CHECKING:
+    from ilvr_cli.models.checkpoints import LoadedModel
+
+__all__ = ["ResolvedModel", "fetch", "load_model", "looks_like_path", "prepare", "resolve_model"]
+
+_CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """Where a model is on disk and what the catalog says about it (``spec`` is None for a plain path).
+
+    ``format``: ``"ilvr-cli"`` for the converted file in the cache, else the entry's format
+    (``"guided-diffusion"``, ``"diffusers"``, ...) or, for a path, what its name suggests.
+    """
+
+    name: str
+    path: Path
+    format: str
+    spec: ModelSpec | None = None
+
+    @property
+    def converted(self) -> bool:
+        return self.format == "ilvr-cli" and self.spec is not None
+
+    @property
+    def unet_config(self) -> UNetConfig | None:
+        return self.spec.unet if self.spec else None
+
+    @property
+    def diffusion_config(self) -> DiffusionConfig | None:
+        return self.spec.diffusion if self.spec else None
+
+
+def looks_like_path(text: str) -> bool:
+    """True for text that can only be a path: a separator, a leading ``.``/``~``, or a checkpoint suffix."""
+    return (
+        os.sep in text
+        or "/" in text
+        or (os.altsep is not None and os.altsep in text)
+        or text.startswith((".", "~"))
+        or text.lower().endswith(_CHECKPOINT_SUFFIXES)
+    )
+
+
+def _path_format(path: Path) -> str:
+    if path.is_dir():
+        return "diffusers"
+    return "safetensors" if path.suffix == ".safetensors" else "guided-diffusion"
+
+
+def _resolve_path(text: str) -> ResolvedModel:
+    path = Path(text).expanduser()
+    if not path.exists():
+        raise InputError(f"no such checkpoint file or folder: {path}")
+    return ResolvedModel(name=text, path=path.absolute(), format=_path_format(path))
+
+
+def _converted_record(directory: Path) -> Path | None:
+    """The converted file if present and unchanged since it was written (rehashed if its stamp changed)."""
+    converted = directory / CONVERTED_NAME
+    if not converted.is_file():
+        return None
+    manifest = Manifest(directory)
+    record = manifest.get(CONVERTED_NAME)
+    if record is not None and record.stamp_matches(converted):
+        return converted
+    digest = sha256_file(converted)
+    if record is not None and digest != record.sha256:
+        converted.unlink()  # changed behind our back: convert again from the download
+        manifest.remove(CONVERTED_NAME)
+        return None
+    trust = record.trust if record else "converted"
+    manifest.set(
+        CONVERTED_NAME, FileRecord.for_file(converted, digest, trust, record.source if record else "")
+    )
+    return converted
+
+
+def _download_all(
+    spec: ModelSpec,
+    directory: Path,
+    root: Path,
+    *,
+    offline: bool | None,
+    options: DownloadOptions,
+    progress: DownloadProgress,
+) -> list[FetchedFile]:
+    if not spec.files:
+        raise DownloadError(
+            f"{spec.name}: its converted file is gone and the entry has no source; "
+            f"run `ilvr models add {spec.name} FILE` again"
+        )
+    return [
+        ensure_file(
+            f,
+            directory,
+            model=spec.name,
+            root=root,
+            offline=offline,
+            options=options,
+            progress=progress,
+            allow_local=spec.origin == "user",
+        )
+        for f in spec.files
+    ]
+
+
+def _convert(
+    spec: ModelSpec, directory: Path, fetched: list[FetchedFile], *, keep_original: bool
+) -> tuple[Path, LoadedModel]:
+    """Convert the downloaded files to ``model.safetensors``, record it, and drop the originals."""
+    from ilvr_cli.registry.convert import convert_to_native
+
+    source = fetched[0].path if len(fetched) == 1 else directory
+    target = directory / CONVERTED_NAME
+    extra = {
+        "source_model": spec.name,
+        "source_files": ",".join(f"{f.path.name}:{f.sha256}" for f in fetched),
+    }
+    loaded = convert_to_native(
+        source, target, unet_config=spec.unet, diffusion_config=spec.diffusion, extra_metadata=extra
+    )
+    manifest = Manifest(directory)
+    manifest.set(CONVERTED_NAME, FileRecord.for_file(target, sha256_file(target), "converted", source.name))
+    if not keep_original:
+        for f in fetched:
+            f.path.unlink(missing_ok=True)
+            manifest.remove(f.path.name)
+    return target, loaded
+
+
+def prepare(
+    spec: ModelSpec,
+    *,
+    cache_dir: str | Path | None = None,
+    offline: bool | None = None,
+    progress: DownloadProgress | None = None,
+    options: DownloadOptions | None = None,
+    convert: bool = True,
+    keep_original: bool = False,
+) -> ResolvedModel:
+    """Make a catalog entry usable: download what is missing and (diffusion models) convert it once.
+
+    Runs under the entry's lock (``models/<name>/.lock``), so a second process waits and then finds the
+    work done. With ``convert=False`` the downloaded file (or, for several files, the folder) is returned.
+    """
+    resolved, _ = _prepare(spec, cache_dir, offline, progress, options, convert, keep_original)
+    return resolved
+
+
+def _prepare(
+    spec: ModelSpec,
+    cache_dir: str | Path | None,
+    offline: bool | None,
+    progress: DownloadProgress | None,
+    options: DownloadOptions | None,
+    convert: bool,
+    keep_original: bool,
+) -> tuple[ResolvedModel, LoadedModel | None]:
+    root = cache_root(cache_dir)
+    progress = progress or NullProgress()
+    options = options or DownloadOptions()
+    directory = model_dir(root, spec.name)
+    diffusion = spec.kind == "diffusion"
+    if diffusion and (path := _converted_record(directory)) is not None:
+        return ResolvedModel(spec.name, path, "ilvr-cli", spec), None
+    directory.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(directory / ".lock", timeout=options.lock_timeout, on_wait=progress.note, what=spec.name)
+    with lock:
+        if diffusion and (path := _converted_record(directory)) is not None:
+            return ResolvedModel(spec.name, path, "ilvr-cli", spec), None
+        fetched = _download_all(spec, directory, root, offline=offline, options=options, progress=progress)
+        if not (diffusion and convert):
+            raw = fetched[0].path if len(fetched) == 1 else directory
+            return ResolvedModel(spec.name, raw, spec.format, spec), None
+        progress.note(f"{spec.name}: converting to safetensors (once)")
+        path, loaded = _convert(spec, directory, fetched, keep_original=keep_original)
+        return ResolvedModel(spec.name, path, "ilvr-cli", spec), loaded
+
+
+def _lookup(text: str, cache_dir: str | Path | None, catalog: Catalog | None) -> ModelSpec | ResolvedModel:
+    """A catalog entry for a known name, else a path that exists; else the catalog's not-found error."""
+    catalog = catalog or load_catalog(cache_dir)
+    if text in catalog:
+        return catalog.models[text]
+    if looks_like_path(text) or Path(text).expanduser().exists():
+        return _resolve_path(text)
+    return catalog.get(text)  # raises ModelNotFoundError with the closest names
+
+
+def resolve_model(
+    name_or_path: str | os.PathLike[str],
+    *,
+    cache_dir: str | Path | None = None,
+    offline: bool | None = None,
+    progress: DownloadProgress | None = None,
+    options: DownloadOptions | None = None,
+    convert: bool = False,
+    catalog: Catalog | None = None,
+) -> ResolvedModel:
+    """A catalog name (downloaded if needed), a checkpoint file, or a diffusers folder -> where it is.
+
+    A catalog name wins over a file of the same name in the working directory (write ``./ffhq`` for the
+    file). Unknown names raise ModelNotFoundError suggesting the closest catalog names.
+    """
+    found = _lookup(os.fspath(name_or_path), cache_dir, catalog)
+    if isinstance(found, ResolvedModel):
+        return found
+    if found.kind != "diffusion":
+        raise UsageError(f"{found.name} is {found.title or 'not a diffusion model'}, not a diffusion model")
+    return prepare(
+        found, cache_dir=cache_dir, offline=offline, progress=progress, options=options, convert=convert
+    )
+
+
+def load_model(
+    name_or_path: str | os.PathLike[str],
+    *,
+    cache_dir: str | Path | None = None,
+    offline: bool | None = None,
+    progress: DownloadProgress | None = None,
+    options: DownloadOptions | None = None,
+    map_location: str = "cpu",
+    catalog: Catalog | None = None,
+) -> LoadedModel:
+    """The single entry point for task commands: resolve, download if needed, convert once, load.
+
+    Catalog models load from the converted safetensors (memory-mapped, no unpickling) and are checked
+    against the catalog's architecture; a path loads with the configs it carries or implies.
+    """
+    from ilvr_cli.models.checkpoints import load_checkpoint
+
+    found = _lookup(os.fspath(name_or_path), cache_dir, catalog)
+    if isinstance(found, ResolvedModel):
+        return load_checkpoint(found.path, map_location=map_location)
+    if found.kind != "diffusion":
+        raise UsageError(f"{found.name} is {found.title or 'not a diffusion model'}, not a diffusion model")
+    resolved, loaded = _prepare(found, cache_dir, offline, progress, options, True, False)
+    if loaded is not None:
+        return loaded  # converted just now: the network is already in memory
+    return load_checkpoint(
+        resolved.path, unet_config=found.unet, diffusion_config=found.diffusion, map_location=map_location
+    )
+
+
+def fetch(
+    name: str,
+    cache_dir: str | Path | None = None,
+    progress: DownloadProgress | None = None,
+    *,
+    offline: bool | None = None,
+    options: DownloadOptions | None = None,
+) -> Path:
+    """Download any catalog entry's file(s) without converting; the file's path (the folder if several).
+
+    For a diffusion model that was already converted (and its download removed), the converted file.
+    """
+    spec = load_catalog(cache_dir).get(name)
+    resolved = prepare(
+        spec, cache_dir=cache_dir, offline=offline, progress=progress, options=options, convert=False
+    )
+    return resolved.path
