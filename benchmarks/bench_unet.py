@@ -12,7 +12,6 @@ Random weights; nothing is downloaded.
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 from collections.abc import Callable
 
@@ -52,7 +51,8 @@ def _sync(device: torch.device) -> None:
 
 
 def timed(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int = 1) -> float:
-    """Median wall time of ``fn`` in seconds."""
+    """Fastest wall time of ``fn`` in seconds over ``repeats`` runs (the minimum is the estimate least
+    disturbed by other load on the machine)."""
     for _ in range(warmup):
         fn()
     _sync(device)
@@ -62,7 +62,23 @@ def timed(fn: Callable[[], object], device: torch.device, repeats: int, warmup: 
         fn()
         _sync(device)
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return min(times)
+
+
+def interleaved(fns: dict[str, Callable[[], object]], device: torch.device, rounds: int) -> dict[str, float]:
+    """Time several functions in alternation, ``rounds`` times each, so that load that comes and goes
+    hits them alike; returns the fastest time of each."""
+    best = {name: float("inf") for name in fns}
+    for fn in fns.values():
+        fn()  # warm-up
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            _sync(device)
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best
 
 
 def matmul_flops_per_s(device: torch.device, dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
@@ -80,7 +96,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--precision", choices=sorted(DTYPES), default="fp32")
     parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5, help="rounds of interleaved timing")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--factor", type=int, default=8, help="ILVR down-sampling factor N")
     args = parser.parse_args()
@@ -116,18 +132,18 @@ def main() -> None:
     reference = torch.rand(args.batch, 3, size, size, device=device) * 2 - 1
     hook = ILVRHook(LowPass(size, size, args.factor), schedule, reference=reference)
 
-    def sampler_steps(hooks: tuple) -> Callable[[], None]:
+    def one_step(hooks: tuple) -> Callable[[], None]:
+        """One sampler step (network + posterior + noise draw + hooks) from the start of a fresh loop."""
+
         def run() -> None:
-            steps = sample_steps(denoiser, NoiseSource(0, keys, device), x_T=x, hooks=hooks)
-            for _ in range(args.repeats):
-                next(steps)
+            next(sample_steps(denoiser, NoiseSource(0, keys, device), x_T=x, hooks=hooks))
 
         return run
 
-    forward_s = timed(forward, device, args.repeats)
-    # sampler_steps runs `repeats` steps per call: divide to get seconds per step.
-    step_s = timed(sampler_steps(()), device, 1) / args.repeats
-    ilvr_s = timed(sampler_steps((hook,)), device, 1) / args.repeats
+    times = interleaved(
+        {"forward": forward, "step": one_step(()), "ilvr": one_step((hook,))}, device, args.repeats
+    )
+    forward_s, step_s, ilvr_s = times["forward"], times["step"], times["ilvr"]
     lowpass_s = timed(lambda: hook.lowpass(reference), device, max(args.repeats, 10))
     peak = matmul_flops_per_s(device, autocast_dtype or torch.float32)
 
