@@ -1,0 +1,158 @@
+"""Read one image as float32 RGB in [0, 1], whatever it was stored as; refuse what cannot be trusted.
+
+Normalisation, in order:
+
+1. EXIF orientation is applied (a phone photo stored sideways is read upright: ``ImageOps.exif_transpose``).
+2. Transparency (RGBA, LA, palette with a transparent index) is composited on white: out = a c + (1 - a).
+3. Grey (1-bit, 8-bit, 16-bit) is repeated over three channels; 16-bit values are divided by 65535,
+   so their precision survives; CMYK, YCbCr, LAB and HSV are converted to RGB by Pillow.
+4. Multi-frame files (TIFF pages, animated WebP) give their first frame.
+
+Refused with an :class:`~ilvr_cli.errors.InputError` naming the file: zero-byte, not an image, a format
+outside PNG/JPEG/WebP/BMP/TIFF, truncated or corrupt data, and images over ``max_pixels`` (decompression
+bombs: the size is checked from the header, before anything is decoded).
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import warnings
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from ilvr_cli.errors import InputError
+
+#: Pillow format names we read (what :data:`~ilvr_cli.io.scan.IMAGE_EXTENSIONS` promise).
+SUPPORTED_FORMATS = frozenset({"PNG", "JPEG", "MPO", "WEBP", "BMP", "DIB", "TIFF"})
+
+#: Default decompression-bomb guard: 50 megapixels (an 8660 x 5773 photo); raise it per call if needed.
+DEFAULT_MAX_PIXELS = 50_000_000
+
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error, IndexError)
+
+
+@dataclass(frozen=True)
+class ImageData:
+    """``pixels``: (H, W, 3) float32 in [0, 1]; ``mode``/``format``: what the file held (for metadata)."""
+
+    pixels: np.ndarray
+    mode: str
+    format: str
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(height, width)."""
+        return int(self.pixels.shape[0]), int(self.pixels.shape[1])
+
+
+def _open(path: Path, max_pixels: int) -> Image.Image:
+    """Open lazily (header only), check format and pixel count, then decode."""
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: empty file (0 bytes)")
+    try:
+        image = Image.open(path)
+    except Image.DecompressionBombError as error:
+        raise InputError(f"{path}: refused as a possible decompression bomb ({error})") from None
+    except UnidentifiedImageError:
+        raise InputError(f"{path}: not an image (or a format Pillow cannot identify)") from None
+    except _DECODE_ERRORS as error:
+        raise InputError(f"{path}: cannot read the image header ({error})") from None
+    if image.format not in SUPPORTED_FORMATS:
+        image.close()
+        raise InputError(
+            f"{path}: unsupported image format {image.format}; convert it to PNG, JPEG, WebP, BMP or TIFF"
+        )
+    width, height = image.size
+    if width * height > max_pixels:
+        image.close()
+        raise InputError(
+            f"{path}: {width}x{height} is {width * height / 1e6:.0f} megapixels, over the "
+            f"{max_pixels / 1e6:.0f} megapixel limit (decompression-bomb guard); shrink it first or raise the limit"
+        )
+    if width < 1 or height < 1:
+        raise InputError(f"{path}: image has no pixels ({width}x{height})")
+    try:
+        image.load()
+    except _DECODE_ERRORS as error:
+        raise InputError(f"{path}: truncated or corrupt image data ({error})") from None
+    return image
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation tag; a broken EXIF block leaves the image as stored."""
+    try:
+        return ImageOps.exif_transpose(image)
+    except Exception:  # noqa: BLE001 - malformed EXIF must not fail an otherwise good image
+        return image
+
+
+def _composite(rgb: np.ndarray, alpha: np.ndarray, background: float) -> np.ndarray:
+    """Composite straight (non-premultiplied) colour over a flat background (1.0 = white)."""
+    a = alpha[..., None]
+    return rgb * a + background * (1.0 - a)
+
+
+def _grey_to_rgb(grey: np.ndarray) -> np.ndarray:
+    return np.repeat(grey[..., None], 3, axis=2)
+
+
+def to_rgb_float(image: Image.Image, background: float = 1.0) -> np.ndarray:
+    """(H, W, 3) float32 in [0, 1] from any Pillow mode (see the module docstring for the rules);
+    transparent pixels are composited over ``background`` (1.0 = white)."""
+    mode = image.mode
+    if mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+        mode = image.mode
+    if mode in ("PA", "RGBa", "La"):
+        image = image.convert("RGBA" if mode != "La" else "LA")
+        mode = image.mode
+    if mode == "RGBA":
+        arr = np.asarray(image, dtype=np.float32) / 255.0
+        return _composite(arr[..., :3], arr[..., 3], background).astype(np.float32)
+    if mode == "LA":
+        arr = np.asarray(image, dtype=np.float32) / 255.0
+        return _grey_to_rgb(_composite(arr[..., :1], arr[..., 1], background)[..., 0]).astype(np.float32)
+    if mode.startswith("I;16") or mode == "I":
+        arr = np.asarray(image).astype(np.float32) / 65535.0
+        return _grey_to_rgb(np.clip(arr, 0.0, 1.0))
+    if mode == "F":
+        return _grey_to_rgb(np.clip(np.asarray(image, dtype=np.float32), 0.0, 1.0))
+    if mode in ("1", "L"):
+        return _grey_to_rgb(np.asarray(image.convert("L"), dtype=np.float32) / 255.0)
+    if mode != "RGB":
+        image = image.convert("RGB")  # CMYK, YCbCr, LAB, HSV, RGBX
+    return np.asarray(image, dtype=np.float32) / 255.0
+
+
+def load_image(
+    path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS, background: float = 1.0
+) -> ImageData:
+    """Read ``path`` as (H, W, 3) float32 RGB in [0, 1], upright, opaque on white (module docstring)."""
+    p = Path(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Pillow's own bomb and palette warnings: we check for ourselves
+        image = _open(p, max_pixels)
+        try:
+            source_mode, source_format = image.mode, str(image.format)
+            try:
+                pixels = to_rgb_float(_upright(image), background)
+            except _DECODE_ERRORS as error:
+                raise InputError(f"{p}: cannot convert the image ({error})") from None
+        finally:
+            image.close()
+    return ImageData(np.ascontiguousarray(pixels, dtype=np.float32), source_mode, source_format)
+
+
+def load_mask(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """A mask as (H, W) float32 in [0, 1]: white (1) = may change, black (0) = keep; grey blends.
+
+    The image is normalised like any input, except that transparent pixels count as black (keep): white
+    strokes on a transparent layer mark exactly the strokes. Channels are averaged.
+    """
+    data = load_image(path, max_pixels=max_pixels, background=0.0)
+    return data.pixels.mean(axis=2).astype(np.float32)
