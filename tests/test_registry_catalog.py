@@ -40,7 +40,7 @@ def test_every_entry_is_well_formed(catalog) -> None:
             assert f.size is not None or f.approx_size is not None or f.name.endswith(".json")
             for source in f.sources:
                 assert source.path is None
-                assert source.gdrive or source.url.startswith("https://"), (name, source)
+                assert source.package or source.gdrive or source.url.startswith("https://"), (name, source)
         if spec.kind == "diffusion":
             assert (
                 spec.unet is not None
@@ -163,7 +163,9 @@ def test_issue_facts_are_transcribed(catalog) -> None:
         variance = "fixed_large" if name == "cifar10" else "fixed_small"
         assert catalog[name].diffusion.variance_type == variance
     fid = catalog["fid-inception"]
-    assert fid.kind == "weights" and fid.files[0].sha256 is None
+    assert fid.kind == "weights" and fid.files[0].size == 95_628_359
+    # The file name carries the start of the sha256 (pytorch-fid's convention): the full hash must agree.
+    assert fid.files[0].sha256 is not None and fid.files[0].name.endswith(f"-{fid.files[0].sha256[:8]}.pth")
     assert fid.files[0].sources[0].url == (
         "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth"
     )
