@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
 from PIL import Image, PngImagePlugin
+
+from ilvr_cli.atomic import atomic_write
 
 #: The PNG text chunk that holds an output's parameters as JSON (read back with :func:`read_png_params`).
 PARAMS_KEY = "ilvr-cli"
@@ -29,23 +30,6 @@ def to_uint8(pixels: np.ndarray) -> np.ndarray:
     round trip [0, 255] -> [-1, 1] -> [0, 255] exactly; ``ilvr edit --mask`` relies on it.
     """
     return np.clip(np.rint(np.asarray(pixels, dtype=np.float64) * 255.0), 0, 255).astype(np.uint8)
-
-
-def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], None]) -> Path:
-    """Call ``write(file)`` on a temporary file beside ``path``, fsync it, and rename it to ``path``."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, target)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    return target
 
 
 def _as_image(pixels: np.ndarray) -> Image.Image:

@@ -20,7 +20,6 @@ import json
 import os
 import pickle
 import re
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +30,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from ilvr_cli.atomic import atomic_write_path
 from ilvr_cli.config import DiffusionConfig, UNetConfig
 from ilvr_cli.errors import CheckpointError
 from ilvr_cli.models import diffusers_format
@@ -296,17 +296,7 @@ def save_native(
         META_FORMAT_VERSION: FORMAT_VERSION,
     }
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp_name, metadata=metadata)
-        with open(tmp_name, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp_name, target)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    atomic_write_path(target, lambda tmp: save_file(tensors, tmp, metadata=metadata))
     return target
 
 
