@@ -11,7 +11,8 @@ from typing import Annotated
 import typer
 
 from ilvr_cli import __version__
-from ilvr_cli.cli import models_cmd
+from ilvr_cli.cli import models_cmd, tasks_cmd, train_cmd
+from ilvr_cli.cli.metrics_cmd import fid_command, niqe_command
 
 app = typer.Typer(
     name="ilvr",
@@ -42,6 +43,10 @@ def _root(
 
 
 app.add_typer(models_cmd.app, name="models")
+tasks_cmd.register(app)
+train_cmd.register(app)
+app.command("fid")(fid_command)
+app.command("niqe")(niqe_command)
 
 
 def main() -> None:

@@ -96,6 +96,7 @@ def _state_text(status: ModelStatus) -> str:
     from ilvr_cli.registry.download import format_bytes
 
     return {
+        "builtin": "[green]built-in[/]",
         "ready": "[green]yes[/]",
         "downloaded": "[yellow]downloaded[/] (converts on first use)",
         "partial": f"[yellow]partial[/] ({format_bytes(status.bytes_on_disk)})",

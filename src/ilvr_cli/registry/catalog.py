@@ -40,6 +40,8 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 _GDRIVE_ID_RE = re.compile(r"^[A-Za-z0-9_-]{10,100}$")
 LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+_SOURCE_KINDS = ("url", "gdrive", "path", "package")
+_PACKAGE_RE = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$")
 
 Kind = Literal["diffusion", "weights"]
 Origin = Literal["builtin", "user"]
@@ -64,15 +66,25 @@ def validate_name(name: str) -> str:
 
 @dataclass(frozen=True)
 class Source:
-    """Where a file can come from: an https URL, a Google Drive file id, or (user entries) a local path."""
+    """Where a file can come from: an https URL, a Google Drive file id, (user entries) a local path, or
+    (built-in entries) ``package``: a file shipped inside ilvr-cli, relative to ``ilvr_cli/data``."""
 
     url: str | None = None
     gdrive: str | None = None
     path: str | None = None
+    package: str | None = None
 
     @property
     def kind(self) -> str:
+        if self.package:
+            return "package"
         return "url" if self.url else "gdrive" if self.gdrive else "path"
+
+    def package_path(self) -> Path | None:
+        """The installed file of a ``package`` source (None for other kinds)."""
+        if not self.package:
+            return None
+        return Path(str(resources.files("ilvr_cli").joinpath("data", *self.package.split("/"))))
 
     def describe(self) -> str:
         """A human-readable address: the URL, the Drive page, or the path."""
@@ -80,6 +92,8 @@ class Source:
             return self.url
         if self.gdrive:
             return f"https://drive.google.com/file/d/{self.gdrive}/view"
+        if self.package:
+            return f"built into ilvr-cli ({self.package_path()})"
         return str(self.path)
 
     def is_local(self) -> bool:
@@ -89,7 +103,8 @@ class Source:
         return bool(self.url) and urlsplit(self.url).hostname in LOCAL_HOSTS
 
     def to_dict(self) -> dict[str, str]:
-        return {k: v for k, v in (("url", self.url), ("gdrive", self.gdrive), ("path", self.path)) if v}
+        pairs = (("url", self.url), ("gdrive", self.gdrive), ("path", self.path), ("package", self.package))
+        return {k: v for k, v in pairs if v}
 
 
 @dataclass(frozen=True)
@@ -157,6 +172,13 @@ class ModelSpec:
             return None, False
         return sum(known), len(known) == len(sizes) and all(f.size is not None for f in self.files)
 
+    @property
+    def builtin_path(self) -> Path | None:
+        """The installed file of an entry shipped inside ilvr-cli (one file with a ``package`` source)."""
+        if len(self.files) == 1 and self.files[0].sources[0].package:
+            return self.files[0].sources[0].package_path()
+        return None
+
     def task_defaults(self, task: str) -> dict[str, Any]:
         """Suggested option values for ``task``: the top-level scalars, overridden by ``defaults[task]``."""
         merged = {k: v for k, v in self.defaults.items() if not isinstance(v, Mapping)}
@@ -207,9 +229,10 @@ def _fail(where: str, message: str) -> CatalogError:
 
 
 def _parse_source(data: Any, where: str, origin: Origin) -> Source:
-    if not isinstance(data, dict) or len(data) != 1 or next(iter(data)) not in ("url", "gdrive", "path"):
+    if not isinstance(data, dict) or len(data) != 1 or next(iter(data)) not in _SOURCE_KINDS:
         raise _fail(
-            where, f"a source is one of {{'url': ...}}, {{'gdrive': ...}}, {{'path': ...}}, not {data!r}"
+            where,
+            f"a source is one of {{'url': ...}}, {{'gdrive': ...}}, {{'path': ...}}, {{'package': ...}}, not {data!r}",
         )
     source = Source(**{k: str(v) for k, v in data.items()})
     if source.url:
@@ -223,6 +246,13 @@ def _parse_source(data: Any, where: str, origin: Origin) -> Source:
         raise _fail(where, f"{source.gdrive!r} is not a Google Drive file id")
     elif source.path is not None and origin != "user":
         raise _fail(where, "local path sources are only allowed in your own catalog")
+    elif source.package is not None:
+        if origin != "builtin":
+            raise _fail(where, "package sources are only allowed in the built-in catalog")
+        if not _PACKAGE_RE.match(source.package) or ".." in source.package.split("/"):
+            raise _fail(
+                where, f"package source {source.package!r} must be a relative path under ilvr_cli/data"
+            )
     return source
 
 

@@ -44,13 +44,13 @@ __all__ = [
     "verify_model",
 ]
 
-State = Literal["ready", "downloaded", "partial", "missing"]
+State = Literal["builtin", "ready", "downloaded", "partial", "missing"]
 
 
 @dataclass(frozen=True)
 class ModelStatus:
-    """``ready``: loadable now (converted, or a weights file present); ``downloaded``: needs converting;
-    ``partial``: an interrupted download is waiting to be resumed."""
+    """``builtin``: shipped inside ilvr-cli (no cache); ``ready``: loadable now (converted, or a weights file
+    present); ``downloaded``: needs converting; ``partial``: an interrupted download is waiting to be resumed."""
 
     state: State
     directory: Path
@@ -79,6 +79,12 @@ def _disk_usage(directory: Path) -> int:
 
 def model_status(spec: ModelSpec, cache_dir: str | Path | None = None) -> ModelStatus:
     """Whether an entry is in the cache (cheap: file existence only, nothing is hashed)."""
+    if (builtin := spec.builtin_path) is not None:
+        present = builtin.is_file()
+        size = builtin.stat().st_size if present else 0
+        return ModelStatus(
+            "builtin" if present else "missing", builtin.parent, builtin if present else None, size
+        )
     directory = model_dir(cache_root(cache_dir), spec.name)
     usage = _disk_usage(directory)
     converted = directory / CONVERTED_NAME
@@ -115,6 +121,9 @@ def verify_model(
     spec: ModelSpec, cache_dir: str | Path | None = None, progress: DownloadProgress | None = None
 ) -> dict[str, bool]:
     """Rehash every cached file of an entry against its expected sha256; a bad file is deleted (False)."""
+    if (builtin := spec.builtin_path) is not None:
+        expected = spec.files[0].sha256
+        return {builtin.name: builtin.is_file() and (expected is None or sha256_file(builtin) == expected)}
     root = cache_root(cache_dir)
     directory = model_dir(root, spec.name)
     results: dict[str, bool] = {}
@@ -138,6 +147,10 @@ def remove_model(name: str, cache_dir: str | Path | None = None, *, forget: bool
     root = cache_root(cache_dir)
     catalog = load_catalog(root)
     spec = catalog.get(name)
+    if spec.builtin_path is not None:
+        raise UsageError(
+            f"{name} is built into ilvr-cli and takes no cache space; there is nothing to remove"
+        )
     directory = model_dir(root, spec.name)
     freed = _disk_usage(directory)
     if directory.is_dir():
@@ -222,6 +235,8 @@ def add_model(
     catalog = load_catalog(root)
     existing = catalog.models.get(name)
     if existing is not None and existing.origin == "builtin":
+        if existing.builtin_path is not None:
+            raise UsageError(f"{name} is built into ilvr-cli; add your checkpoint under another name")
         if like is not None or config is not None:
             raise UsageError(
                 f"{name} is a built-in model with a fixed config; add your checkpoint under another name"

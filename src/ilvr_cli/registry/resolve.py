@@ -192,6 +192,8 @@ def _prepare(
     convert: bool,
     keep_original: bool,
 ) -> tuple[ResolvedModel, LoadedModel | None]:
+    if spec.builtin_path is not None:
+        return _builtin(spec), None
     root = cache_root(cache_dir)
     progress = progress or NullProgress()
     options = options or DownloadOptions()
@@ -211,6 +213,15 @@ def _prepare(
         progress.note(f"{spec.name}: converting to safetensors (once)")
         path, loaded = _convert(spec, directory, fetched, keep_original=keep_original)
         return ResolvedModel(spec.name, path, "ilvr-cli", spec), loaded
+
+
+def _builtin(spec: ModelSpec) -> ResolvedModel:
+    """An entry shipped inside the package (e.g. ``demo``): no cache, no download, no conversion."""
+    path = spec.builtin_path
+    assert path is not None
+    if not path.is_file():
+        raise InputError(f"{spec.name}: the built-in file {path} is missing; reinstall ilvr-cli")
+    return ResolvedModel(spec.name, path, spec.format or "ilvr-cli", spec)
 
 
 def _lookup(text: str, cache_dir: str | Path | None, catalog: Catalog | None) -> ModelSpec | ResolvedModel:

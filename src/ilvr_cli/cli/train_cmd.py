@@ -1,0 +1,276 @@
+"""``ilvr train``: train or fine-tune an unconditional DDPM on a folder of images (docs/training.md).
+
+Parses the options into a :class:`~ilvr_cli.training.presets.TrainConfig` (or, with ``--resume``, the
+run's saved config plus the options that may change), runs :func:`ilvr_cli.training.train` with a rich
+progress display on rank 0, and prints a summary. torch and the training library are imported inside the
+command, so ``ilvr --help`` stays light. The first Ctrl-C saves a checkpoint and stops (exit 130); a second
+one stops at once. Registered by ``cli/app.py`` with :func:`register`.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import warnings
+from contextlib import contextmanager
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from ilvr_cli.cli.common import err, handle_errors, out
+from ilvr_cli.cli.exit_codes import ExitCode
+from ilvr_cli.errors import UsageError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from ilvr_cli.training import RunInfo, StepUpdate, TrainConfig, TrainResult
+
+
+class Precision(str, Enum):
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``train`` command to the root app."""
+    app.command("train", no_args_is_help=True)(train)
+
+
+class RichTrainProgress:
+    """Renders training progress on stderr: step / total, smoothed loss, images/s, elapsed time and ETA."""
+
+    def __init__(self) -> None:
+        self.progress = Progress(
+            TextColumn("[bold]train"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}"),
+            TextColumn("{task.fields[speed]} img/s"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=err,
+        )
+        self.task: TaskID | None = None
+
+    def start(self, info: RunInfo) -> None:
+        what = "resuming" if info.resumed else "training"
+        self.progress.console.print(
+            f"[dim]{what} {escape(str(info.run_dir))}: {info.params / 1e6:.2f}M parameters, {info.num_images} "
+            f"images, global batch {info.global_batch} on {info.world_size} x {escape(info.device)}, "
+            f"steps {info.start_step}..{info.total_steps}[/]",
+            highlight=False,
+        )
+        self.progress.start()
+        self.task = self.progress.add_task(
+            "train", total=info.total_steps, completed=info.start_step, loss="-", speed="-"
+        )
+
+    def step(self, update: StepUpdate) -> None:
+        if self.task is None:
+            return
+        loss = "-" if update.loss is None else f"{update.loss:.4f}"
+        self.progress.update(self.task, completed=update.step, loss=loss, speed=f"{update.images_per_s:.1f}")
+
+    def note(self, message: str) -> None:
+        self.progress.console.print(f"[dim]{escape(message)}[/]", highlight=False, soft_wrap=True)
+
+    def finish(self, result: TrainResult) -> None:
+        self.progress.stop()
+
+
+@contextmanager
+def _graceful_interrupt() -> Iterator[list[bool]]:
+    """The first SIGINT (Ctrl-C) or SIGTERM (a scheduler's preemption) sets the flag: the run finishes its
+    step, saves and stops. The handlers are then reset, so a second signal stops at once."""
+    flag = [False]
+    signals = [signal.SIGINT, signal.SIGTERM]
+    defaults = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
+
+    def handler(signum: int, frame: object) -> None:
+        flag[0] = True
+        for s in signals:
+            signal.signal(s, defaults[s])
+        err.print("[yellow]stopping after this step and saving a checkpoint (Ctrl-C again to abort)[/]")
+
+    try:
+        previous = {s: signal.signal(s, handler) for s in signals}
+    except ValueError:  # not the main thread (e.g. embedded): no graceful stop
+        yield flag
+        return
+    try:
+        yield flag
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+@contextmanager
+def _warnings_to_console(show: bool) -> Iterator[None]:
+    """Render warnings (e.g. skipped unreadable images) as one yellow line each, on rank 0 only."""
+    original = warnings.showwarning
+
+    def render(message, category, filename, lineno, file=None, line=None) -> None:  # type: ignore[no-untyped-def]
+        if show:
+            err.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False, soft_wrap=True)
+
+    warnings.showwarning = render
+    try:
+        yield
+    finally:
+        warnings.showwarning = original
+
+
+def _new_config(
+    data_dir: Path,
+    out_dir: Path,
+    preset: str | None,
+    init_from: str | None,
+    options: dict[str, Any],
+    cache_dir: Path | None,
+) -> TrainConfig:
+    """A new run's config: the preset's (or ``--init-from`` model's) architecture with the options applied."""
+    from ilvr_cli.training.presets import TrainConfig, model_configs
+
+    arch = {k: options.pop(k) for k in ("image_size", "learn_sigma", "dropout") if k in options}
+    if preset is None and init_from is not None:
+        unet, diffusion = _init_configs(init_from, cache_dir, arch)
+        name = f"init-from:{init_from}"
+    else:
+        name = preset or "adm-small"
+        unet, diffusion = model_configs(name, **arch)
+    return TrainConfig(
+        data_dir=str(data_dir.expanduser().absolute()), out_dir=str(out_dir.expanduser().absolute()), unet=unet,
+        diffusion=diffusion, preset=name, init_from=init_from, **options,
+    )  # fmt: skip
+
+
+def _init_configs(init_from: str, cache_dir: Path | None, arch: dict[str, Any]) -> tuple[Any, Any]:
+    """The architecture and diffusion of the model to fine-tune (only dropout may be overridden)."""
+    import dataclasses
+
+    from ilvr_cli.registry import load_model
+
+    loaded = load_model(init_from, cache_dir=cache_dir)
+    if loaded.diffusion_config is None:
+        raise UsageError(
+            f"--init-from {init_from} does not record how it was trained; add --preset CONFIG.json with its "
+            '{"unet": ..., "diffusion": ...}'
+        )
+    fixed = {k: v for k, v in arch.items() if k != "dropout"}
+    if fixed:
+        raise UsageError(
+            f"--init-from keeps the model's architecture; drop {', '.join('--' + k.replace('_', '-') for k in fixed)}"
+        )
+    unet = loaded.unet_config
+    if "dropout" in arch:
+        unet = dataclasses.replace(unet, dropout=arch["dropout"])
+    return unet, loaded.diffusion_config
+
+
+@handle_errors
+def train(
+    data_dir: Annotated[Path, typer.Argument(help="Folder of training images (recursive; resized and centre-cropped).", show_default=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder: weights, training state, loss log, sample grids.", show_default=False)],
+    preset: Annotated[str | None, typer.Option("--preset", "-p", help="ddpm (Ho et al.), adm-small (ILVR's light ADM) or a JSON config file. Default: adm-small, or the --init-from model's.", show_default=False)] = None,
+    init_from: Annotated[str | None, typer.Option("--init-from", help="Fine-tune from a catalog model or checkpoint (weights only; fresh optimiser).", show_default=False)] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint (bitwise on CPU).")] = False,
+    steps: Annotated[int | None, typer.Option("--steps", help="Train up to this many steps in total. \\[default: 100000]", show_default=False)] = None,
+    image_size: Annotated[int | None, typer.Option("--image-size", help="Training resolution. \\[default: the preset's, 256]", show_default=False)] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", "-b", help="Global batch size (split over torchrun ranks). \\[default: 8]", show_default=False)] = None,
+    lr: Annotated[float | None, typer.Option("--lr", help="Constant AdamW learning rate. \\[default: 2e-5]", show_default=False)] = None,
+    ema: Annotated[float | None, typer.Option("--ema", help="EMA decay of the weights. \\[default: 0.9999]", show_default=False)] = None,
+    ema_warmup: Annotated[bool | None, typer.Option("--ema-warmup/--no-ema-warmup", help="EMA decay min(decay, (1+n)/(10+n)) for short runs. \\[default: off]", show_default=False)] = None,
+    grad_clip: Annotated[float | None, typer.Option("--grad-clip", help="Clip the gradient norm to this value.", show_default=False)] = None,
+    precision: Annotated[Precision | None, typer.Option("--precision", help="bf16/fp16 autocast (CUDA only). \\[default: fp32]", show_default=False)] = None,
+    learn_sigma: Annotated[bool | None, typer.Option("--learn-sigma/--no-learn-sigma", help="Learn the variance with the hybrid loss. \\[default: the preset's]", show_default=False)] = None,
+    p2_gamma: Annotated[float | None, typer.Option("--p2-gamma", help="P2 weighting exponent (0 = off; the P2 paper uses 1). \\[default: 0]", show_default=False)] = None,
+    p2_k: Annotated[float | None, typer.Option("--p2-k", help="P2 weighting offset k. \\[default: 1]", show_default=False)] = None,
+    dropout: Annotated[float | None, typer.Option("--dropout", help="Dropout rate. \\[default: the preset's]", show_default=False)] = None,
+    flip: Annotated[bool | None, typer.Option("--flip/--no-flip", help="Random horizontal flips. \\[default: on]", show_default=False)] = None,
+    workers: Annotated[int | None, typer.Option("--workers", help="Data loading processes per rank. \\[default: 2]", show_default=False)] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Seed of the initialisation, data order and noise. \\[default: 0]", show_default=False)] = None,
+    save_every: Annotated[int | None, typer.Option("--save-every", help="Checkpoint every N steps. \\[default: 5000]", show_default=False)] = None,
+    sample_every: Annotated[int | None, typer.Option("--sample-every", help="EMA sample grid every N steps (0 = never). \\[default: --save-every]", show_default=False)] = None,
+    samples: Annotated[int | None, typer.Option("--samples", help="Images per sample grid. \\[default: 16]", show_default=False)] = None,
+    sample_steps: Annotated[str | None, typer.Option("--sample-steps", help="Sampler of the grids: ddimN, or a respacing such as 50 for DDPM. \\[default: ddim50]", show_default=False)] = None,
+    log_every: Annotated[int | None, typer.Option("--log-every", help="Loss log line every N steps. \\[default: 100]", show_default=False)] = None,
+    keep_every: Annotated[int | None, typer.Option("--keep-every", help="Also keep checkpoints/ema_STEP.safetensors every N steps (0 = no).", show_default=False)] = None,
+    device: Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda, cuda:1, ... \\[default: auto]", show_default=False)] = None,
+    cache_dir: Annotated[Path | None, typer.Option("--cache-dir", help="Model cache for --init-from names.", file_okay=False, show_default=False)] = None,
+) -> None:  # fmt: skip
+    """Train an unconditional diffusion model on a folder of images (or fine-tune one with --init-from)."""
+    from ilvr_cli.training import saved_config
+    from ilvr_cli.training import train as run_training
+
+    options = {
+        "steps": steps, "image_size": image_size, "batch_size": batch_size, "lr": lr, "ema_decay": ema,
+        "ema_warmup": ema_warmup, "grad_clip": grad_clip, "precision": precision.value if precision else None,
+        "learn_sigma": learn_sigma, "p2_gamma": p2_gamma, "p2_k": p2_k, "dropout": dropout, "flip": flip,
+        "workers": workers, "seed": seed, "save_every": save_every, "sample_every": sample_every,
+        "sample_count": samples, "sample_steps": sample_steps, "log_every": log_every, "keep_every": keep_every,
+        "device": device,
+    }  # fmt: skip
+    given = {k: v for k, v in options.items() if v is not None}
+    if "sample_every" not in given and "save_every" in given:
+        given["sample_every"] = given["save_every"]
+    if resume:
+        if (
+            preset is not None
+            or init_from is not None
+            or {"image_size", "learn_sigma", "dropout"} & set(given)
+        ):
+            raise UsageError(
+                "--resume continues the saved run; drop --preset, --init-from and architecture options"
+            )
+        config = saved_config(out).resumed_with({"data_dir": str(data_dir.expanduser().absolute()), **given})
+    else:
+        config = _new_config(data_dir, out, preset, init_from, given, cache_dir)
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    progress = RichTrainProgress() if main_rank else None
+    with _warnings_to_console(main_rank), _graceful_interrupt() as interrupted:
+        try:
+            result = run_training(
+                config, resume=resume, progress=progress, stop=lambda: interrupted[0], cache_dir=cache_dir
+            )
+        finally:
+            if progress is not None:
+                progress.progress.stop()
+    if main_rank:
+        _summary(result)
+    if result.stopped:
+        raise typer.Exit(ExitCode.INTERRUPTED)
+
+
+def _summary(result: TrainResult) -> None:
+    """What the run did and how to use its weights."""
+    loss = "-" if result.last_loss is None else f"{result.last_loss:.4f}"
+    state = "stopped at" if result.stopped else "reached"
+    out.print(
+        f"{state} step {result.step}/{result.total_steps} in {result.elapsed_s / 60:.1f} min "
+        f"({result.images_per_s:.1f} img/s, loss {loss})",
+        highlight=False,
+    )
+    out.print(
+        f"EMA weights: {escape(str(result.ema_path))}  (use --model {escape(str(result.ema_path))})",
+        highlight=False,
+    )
+    if result.stopped:
+        out.print(
+            f"continue with: ilvr train DATA_DIR --out {escape(str(result.run_dir))} --resume",
+            highlight=False,
+        )
