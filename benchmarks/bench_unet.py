@@ -140,6 +140,22 @@ def main() -> None:
 
         return run
 
+    def free_network(x_in: torch.Tensor, t_in: torch.Tensor) -> torch.Tensor:
+        """A network that costs nothing: what remains of a step is the sampler's own work."""
+        return torch.zeros(x_in.shape[0], config.out_channels, *x_in.shape[2:], device=x_in.device)
+
+    free = Denoiser(free_network, schedule, "learned_range")
+
+    def free_steps(hooks: tuple, count: int = 20) -> Callable[[], None]:
+        def run() -> None:
+            steps = sample_steps(free, NoiseSource(0, keys, device), x_T=x, hooks=hooks)
+            for _ in range(count):
+                next(steps)
+
+        return run
+
+    own_s = timed(free_steps(()), device, args.repeats) / 20
+    own_ilvr_s = timed(free_steps((hook,)), device, args.repeats) / 20
     times = interleaved(
         {"forward": forward, "step": one_step(()), "ilvr": one_step((hook,))}, device, args.repeats
     )
@@ -164,6 +180,10 @@ def main() -> None:
     )
     print(f"sampler step      {step_s:.4f} s  (overhead {100 * (step_s / forward_s - 1):+.1f}% vs forward)")
     print(f"sampler + ILVR    {ilvr_s:.4f} s  (overhead {100 * (ilvr_s / forward_s - 1):+.1f}% vs forward)")
+    print(
+        f"sampler's own work {own_s * 1e3:.2f} ms/step ({100 * own_s / forward_s:.2f}% of a forward); "
+        f"with ILVR {own_ilvr_s * 1e3:.2f} ms/step ({100 * own_ilvr_s / forward_s:.2f}%)"
+    )
     print(
         f"phi_N alone       {lowpass_s * 1e3:.2f} ms  (N={args.factor}, "
         f"{100 * lowpass_s / forward_s:.2f}% of a forward)"
