@@ -9,6 +9,14 @@ from typing import ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from ilvr_cli.cli.exit_codes import ExitCode
 from ilvr_cli.errors import CheckpointError, DownloadError, IlvrError, InputError, UsageError
@@ -18,6 +26,22 @@ out = Console()
 err = Console(stderr=True)
 
 P = ParamSpec("P")
+
+
+def counting_progress() -> Progress:
+    """The bar every command uses for counted work (images, steps): description, bar, done/total,
+    elapsed, ETA; drawn on stderr and removed when it stops."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+    )
+
+
 R = TypeVar("R")
 
 

@@ -18,17 +18,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 from rich.table import Table
 
-from ilvr_cli.cli.common import err, handle_errors, out
+from ilvr_cli.cli.common import counting_progress, err, handle_errors, out
 from ilvr_cli.cli.exit_codes import ExitCode
 from ilvr_cli.errors import InputError, UsageError
 
@@ -41,19 +33,6 @@ class FidMode(str, Enum):
 
     legacy = "legacy"
     clean = "clean"
-
-
-def _progress() -> Progress:
-    """The progress display of the metric commands, on stderr."""
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=err,
-        transient=True,
-    )
 
 
 def _print_json(data: dict[str, Any]) -> None:
@@ -266,7 +245,7 @@ def _folder_statistics(
     if workers is None:  # on CPU the network needs every core; loader processes only compete
         workers = 0 if device.split(":")[0] == "cpu" else fidlib.default_workers()
     result = {}
-    with _progress() as progress:
+    with counting_progress() as progress:
         for index, files in folders.items():
             task = progress.add_task(
                 f"Inception features of {paths[index].name or paths[index]}", total=len(files)
@@ -365,7 +344,7 @@ def niqe_command(
     files, root = _niqe_inputs(path)
     scores: dict[str, float] = {}
     failed: dict[str, str] = {}
-    with _progress() as progress:
+    with counting_progress() as progress:
         task = progress.add_task("NIQE", total=len(files))
         for file in files:
             name = file.relative_to(root).as_posix() if root is not None else file.name

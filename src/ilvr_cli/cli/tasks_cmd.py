@@ -18,17 +18,12 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.markup import escape
 from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
     Progress,
     TaskID,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
 )
 from rich.table import Table
 
-from ilvr_cli.cli.common import err, handle_errors, out
+from ilvr_cli.cli.common import counting_progress, err, handle_errors, out
 from ilvr_cli.cli.exit_codes import ExitCode
 from ilvr_cli.tasks.config import TaskConfig, parse_range
 from ilvr_cli.tasks.presets import PRESETS
@@ -192,15 +187,7 @@ class RichTaskProgress:
             self.note(f"skipping {info.skipped} sample(s) whose output exists (--overwrite redoes them)")
         if self.quiet or self.rank != 0 or info.samples == 0:
             return
-        self.progress = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            console=err,
-            transient=True,
-        )
+        self.progress = counting_progress()
         self.progress.start()
         suffix = f" (rank 0 of {info.world_size})" if info.world_size > 1 else ""
         self.images = self.progress.add_task(f"{info.task}: images{suffix}", total=info.images)
