@@ -16,3 +16,16 @@ def shared_dir() -> Path:
     if not path.is_dir():
         pytest.skip(f"reference data not found at {path} (expected ../shared beside the checkout)")
     return path
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Run a module's tests on one intra-op thread: tiny tensors go faster, results do not depend on how
+    other processes load the cores, and bitwise comparisons see the same reduction order in every run.
+    Use with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

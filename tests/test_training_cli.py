@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from ilvr_cli.cli import train_cmd
@@ -22,13 +21,7 @@ runner = CliRunner()
 FAST = ["--batch-size", "4", "--workers", "0", "--sample-every", "0", "--log-every", "1", "--device", "cpu"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Bitwise results need the same thread count in every run (reductions split differently)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -18,14 +18,7 @@ from ilvr_cli.training import state as state_module
 from ilvr_cli.training.state import STATE_NAME, load_state
 from training_helpers import image_folder, tiny_config
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Bitwise results need the same thread count in every run (reductions split differently)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
