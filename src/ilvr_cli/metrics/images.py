@@ -1,6 +1,7 @@
 """The little image I/O the metrics need: scan a folder, read an image as uint8 RGB or grey.
 
-Kept deliberately small so it can be swapped for :mod:`ilvr_cli.io` once that exists.
+Reads images exactly as the reference implementations do (PIL's ``convert("RGB")``, grey kept grey for
+NIQE), not through :mod:`ilvr_cli.io`'s normalisation; the extensions are the task commands' own.
 """
 
 from __future__ import annotations
@@ -11,9 +12,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ilvr_cli.errors import InputError
-
-#: Extensions read from folders, matched case-insensitively.
-IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"})
+from ilvr_cli.io.scan import IMAGE_EXTENSIONS
 
 
 def list_images(folder: Path) -> list[Path]:

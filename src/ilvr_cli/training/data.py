@@ -19,6 +19,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from ilvr_cli.errors import InputError, UsageError
+from ilvr_cli.io.scan import IMAGE_EXTENSIONS as TASK_IMAGE_EXTENSIONS
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -32,7 +33,8 @@ __all__ = [
     "scan_images",
 ]
 
-IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
+#: The task commands' extensions, plus the Netpbm formats common in training sets.
+IMAGE_EXTENSIONS = TASK_IMAGE_EXTENSIONS | {".ppm", ".pgm"}
 _NAMESPACE = "ilvr-cli/train/v1"
 
 
