@@ -12,48 +12,15 @@ operator is matmuls over the last two dimensions: ``phi(x) = U_h D_h x D_w^T U_w
 from __future__ import annotations
 
 import functools
-import math
-from collections.abc import Callable
 from typing import Literal, NamedTuple
 
 import numpy as np
 import torch
 
 from ilvr_cli.errors import UsageError
+from ilvr_cli.imresize import KERNELS, contributions
 
 Kernel = Literal["cubic", "linear", "lanczos2", "lanczos3"]
-
-
-def _cubic(x: np.ndarray) -> np.ndarray:
-    """Keys' cubic convolution kernel with a = -0.5 (MATLAB ``imresize`` 'cubic')."""
-    ax = np.abs(x)
-    ax2, ax3 = ax**2, ax**3
-    near = (1.5 * ax3 - 2.5 * ax2 + 1.0) * (ax <= 1.0)
-    far = (-0.5 * ax3 + 2.5 * ax2 - 4.0 * ax + 2.0) * ((ax > 1.0) & (ax <= 2.0))
-    return near + far
-
-
-def _linear(x: np.ndarray) -> np.ndarray:
-    """Triangle kernel (MATLAB 'triangle' / 'bilinear')."""
-    return np.clip(1.0 - np.abs(x), 0.0, None)
-
-
-def _lanczos(a: int) -> Callable[[np.ndarray], np.ndarray]:
-    """Lanczos kernel sinc(x) sinc(x/a) on |x| < a (MATLAB 'lanczos2' / 'lanczos3')."""
-
-    def kernel(x: np.ndarray) -> np.ndarray:
-        return np.sinc(x) * np.sinc(x / a) * (np.abs(x) < a)
-
-    return kernel
-
-
-#: name -> (kernel function, support width in input samples at scale 1)
-KERNELS: dict[str, tuple[Callable[[np.ndarray], np.ndarray], float]] = {
-    "cubic": (_cubic, 4.0),
-    "linear": (_linear, 2.0),
-    "lanczos2": (_lanczos(2), 4.0),
-    "lanczos3": (_lanczos(3), 6.0),
-}
 
 
 def _check_kernel(kernel: str) -> None:
@@ -64,29 +31,10 @@ def _check_kernel(kernel: str) -> None:
 @functools.lru_cache(maxsize=128)
 def _resize_matrix_np(in_len: int, out_len: int, kernel: str, antialias: bool) -> np.ndarray:
     """MATLAB ``imresize`` ``contributions`` for one axis as a dense (out_len, in_len) float64 matrix."""
-    func, width = KERNELS[kernel]
-    scale = out_len / in_len
-    if scale < 1.0 and antialias:
-
-        def weight(d: np.ndarray) -> np.ndarray:
-            return scale * func(scale * d)
-
-        width = width / scale
-    else:
-        weight = func
-    x = np.arange(1, out_len + 1, dtype=np.float64)
-    u = x / scale + 0.5 * (1.0 - 1.0 / scale)
-    left = np.floor(u - width / 2.0)
-    taps = int(math.ceil(width)) + 2
-    indices = left[:, None] + np.arange(taps, dtype=np.float64)[None, :]  # 1-based input positions
-    weights = weight(u[:, None] - indices)
-    sums = weights.sum(axis=1, keepdims=True)
-    weights = weights / np.where(sums == 0.0, 1.0, sums)
-    mirror = np.concatenate([np.arange(in_len), np.arange(in_len - 1, -1, -1)])  # [1:in, in:-1:1] - 1
-    folded = mirror[np.mod(indices.astype(np.int64) - 1, 2 * in_len)]
+    weights, indices = contributions(in_len, out_len, kernel, antialias)
     matrix = np.zeros((out_len, in_len), dtype=np.float64)
-    rows = np.broadcast_to(np.arange(out_len)[:, None], folded.shape)
-    np.add.at(matrix, (rows, folded), weights)
+    rows = np.broadcast_to(np.arange(out_len)[:, None], indices.shape)
+    np.add.at(matrix, (rows, indices), weights)
     matrix.setflags(write=False)
     return matrix
 

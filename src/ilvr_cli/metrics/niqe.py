@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ilvr_cli.errors import InputError
+from ilvr_cli.imresize import contributions
 from ilvr_cli.metrics.images import load_rgb_or_gray
 
 BLOCK_SIZE = 96
@@ -69,33 +70,9 @@ def matlab_colon(start: float, step: float, stop: float) -> np.ndarray:
     return np.where(k <= half, start + k * step, stop - (n - k) * step)
 
 
-def _cubic(x: np.ndarray) -> np.ndarray:
-    """MATLAB ``imresize``'s cubic kernel (Keys, a = -0.5)."""
-    ax = np.abs(x)
-    ax2, ax3 = ax * ax, ax * ax * ax
-    near = (1.5 * ax3 - 2.5 * ax2 + 1) * (ax <= 1)
-    return near + (-0.5 * ax3 + 2.5 * ax2 - 4 * ax + 2) * ((ax > 1) & (ax <= 2))
-
-
-@functools.lru_cache(maxsize=32)
 def imresize_contributions(in_len: int, out_len: int) -> tuple[np.ndarray, np.ndarray]:
-    """MATLAB ``imresize``'s ``contributions`` for bicubic with antialiasing: (weights, 0-based indices).
-
-    Both (out_len, P). Output x (1-based) sits at u = x/s + 0.5 (1 - 1/s); when shrinking the kernel is
-    s * cubic(s * d) over a width of 4/s; weights are normalised per row; indices outside the image are
-    mirrored (symmetric padding).
-    """
-    scale = out_len / in_len
-    width = 4.0 / scale if scale < 1 else 4.0
-    x = np.arange(1, out_len + 1, dtype=np.float64)
-    u = x / scale + 0.5 * (1 - 1 / scale)
-    left = np.floor(u - width / 2)
-    indices = left[:, None] + np.arange(int(math.ceil(width)) + 2)[None, :]
-    distance = u[:, None] - indices
-    weights = scale * _cubic(scale * distance) if scale < 1 else _cubic(distance)
-    weights = weights / weights.sum(axis=1, keepdims=True)
-    mirror = np.concatenate([np.arange(in_len), np.arange(in_len - 1, -1, -1)])
-    return weights, mirror[np.mod(indices.astype(np.int64) - 1, 2 * in_len)]
+    """MATLAB ``imresize``'s ``contributions`` for bicubic with antialiasing: (weights, 0-based indices)."""
+    return contributions(in_len, out_len, "cubic", antialias=True)
 
 
 def _resize_axis0(image: np.ndarray, out_len: int) -> np.ndarray:
