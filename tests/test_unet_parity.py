@@ -53,6 +53,33 @@ def test_outputs_match_guided_diffusion(case) -> None:
     torch.testing.assert_close(raw, expected["model_out_at_raw_t"], atol=ATOL, rtol=0)
 
 
+def test_each_image_alone_matches_guided_diffusion(case) -> None:
+    """Batch 1 folds the scale-shift modulation into GroupNorm's affine: still guided-diffusion's numbers."""
+    folder, _, config, expected = case
+    network = load_checkpoint(folder / "model.pt", config).network
+    x, t = expected["x"], expected["timestep_map"][expected["t_respaced"]]
+    with torch.no_grad():
+        for i in range(x.shape[0]):
+            out = network(x[i : i + 1], t[i : i + 1])
+            torch.testing.assert_close(out, expected["model_out_respaced"][i : i + 1], atol=ATOL, rtol=0)
+
+
+def test_autograd_path_matches_and_inputs_stay_untouched(case) -> None:
+    """With autograd on, nothing runs in place; without it, in-place activations never touch the input."""
+    folder, _, config, expected = case
+    network = load_checkpoint(folder / "model.pt", config).network
+    x, t = expected["x"].clone(), expected["timestep_map"][expected["t_respaced"]]
+    with torch.enable_grad():
+        out = network(x.requires_grad_(), t)
+    out.abs().sum().backward()  # an in-place op on a saved tensor would raise here
+    torch.testing.assert_close(out.detach(), expected["model_out_respaced"], atol=ATOL, rtol=0)
+    with torch.inference_mode():
+        single = x.detach()[:1].clone()
+        network(single, t[:1])
+    torch.testing.assert_close(x.detach(), expected["x"], atol=0, rtol=0)
+    torch.testing.assert_close(single, expected["x"][:1], atol=0, rtol=0)
+
+
 def test_inferred_config_matches_flags(case) -> None:
     folder, flags, config, expected = case
     loaded = load_checkpoint(folder / "model.pt", image_size=flags["image_size"])

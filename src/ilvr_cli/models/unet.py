@@ -36,6 +36,21 @@ class GroupNorm32(nn.GroupNorm):
         bias = None if self.bias is None else self.bias.float()
         return F.group_norm(x.float(), self.num_groups, weight, bias, self.eps).to(x.dtype)
 
+    def modulated(self, x: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
+        """``norm(x) * (1 + scale) + shift`` for (B, C, 1, 1) scale and shift (ADM's scale-shift norm).
+
+        For one image the modulation is folded into the norm's per-channel affine:
+        ``gamma * (1 + scale)`` and ``beta * (1 + scale) + shift``. That saves a full pass over the
+        activation. A batch needs per-image affines, which ``group_norm`` cannot take, so it uses one
+        fused multiply-add after the norm.
+        """
+        if x.shape[0] != 1 or self.weight is None or self.bias is None:
+            return torch.addcmul(shift, self(x), 1 + scale)
+        gain = 1 + scale.float().flatten()
+        weight = self.weight.float() * gain
+        bias = torch.addcmul(shift.float().flatten(), self.bias.float(), gain)
+        return F.group_norm(x.float(), self.num_groups, weight, bias, self.eps).to(x.dtype)
+
 
 def timestep_embedding(
     timesteps: Tensor,
@@ -158,20 +173,24 @@ class ResBlock(TimestepBlock):
         )
 
     def forward(self, x: Tensor, emb: Tensor) -> Tensor:
-        norm_in, act_in, conv_in = self.in_layers
-        h = act_in(norm_in(x))
+        # Without autograd, the activations and the residual add overwrite tensors that this block has
+        # just created (never x), so they run in place: one pass over memory instead of two.
+        inplace = not torch.is_grad_enabled()
+        norm_in, _, conv_in = self.in_layers
+        h = F.silu(norm_in(x), inplace=inplace)
         if self.updown:
             h, x = self.h_upd(h), self.x_upd(x)
         h = conv_in(h)
         e = self.emb_layers(emb).to(h.dtype)[..., None, None]
-        norm_out, act_out, drop, conv_out = self.out_layers
+        norm_out, _, drop, conv_out = self.out_layers
         if self.scale_shift:
             scale, shift = e.chunk(2, dim=1)
-            h = norm_out(h) * (1 + scale) + shift
+            h = norm_out.modulated(h, scale, shift)
         else:
-            h = norm_out(h + e)
-        h = conv_out(drop(act_out(h)))
-        return self.skip_connection(x) + h
+            h = norm_out(h.add_(e) if inplace else h + e)
+        h = conv_out(drop(F.silu(h, inplace=inplace)))
+        skip = self.skip_connection(x)
+        return h.add_(skip) if inplace else skip + h
 
 
 class AttentionBlock(nn.Module):
@@ -204,7 +223,8 @@ class AttentionBlock(nn.Module):
             q, k, v = qkv.reshape(b, 3, self.heads, ch, length).unbind(1)
         a = F.scaled_dot_product_attention(q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2))
         h = self.proj_out(a.transpose(-1, -2).reshape(b, c, length))
-        return (flat + h).reshape(b, c, *spatial)
+        h = flat + h if torch.is_grad_enabled() else h.add_(flat)  # h is this block's own output
+        return h.reshape(b, c, *spatial)
 
 
 def _zero(module: nn.Module) -> nn.Module:
@@ -323,7 +343,8 @@ class UNet(nn.Module):
         h = self.middle_block(h, emb)
         for block in self.output_blocks:
             h = block(torch.cat([h, skips.pop()], dim=1), emb)
-        return self.out(h).to(x.dtype)
+        norm, _, conv = self.out
+        return conv(F.silu(norm(h), inplace=not torch.is_grad_enabled())).to(x.dtype)
 
     def _check_input(self, x: Tensor) -> None:
         """Shape checks on Python ints only (no device synchronisation)."""
