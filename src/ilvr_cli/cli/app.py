@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from ilvr_cli import __version__
+from ilvr_cli import __version__, runtime
 from ilvr_cli.cli import models_cmd, tasks_cmd, train_cmd
 from ilvr_cli.cli.metrics_cmd import fid_command, niqe_command
 
@@ -50,5 +50,6 @@ app.command("niqe")(niqe_command)
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point: memory settings first (they must precede ``import torch``), then Typer."""
+    runtime.tune_memory()
     app()
