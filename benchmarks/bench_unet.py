@@ -5,23 +5,33 @@ Prints: the machine's fp32 (or bf16) matmul throughput, the network's FLOPs per 
 of one DDPM step through the sampler (Denoiser + posterior + noise) with and without the ILVR hook.
 Random weights; nothing is downloaded.
 
+Like the ``ilvr`` command, it runs in channels_last with the memory settings of
+:mod:`ilvr_cli.runtime`, which have to be made before torch is imported: ``--no-channels-last`` and
+``--default-allocator`` measure without them.
+
     python benchmarks/bench_unet.py                      # CPU, fp32, batch 1
-    python benchmarks/bench_unet.py --device cuda --precision bf16 --batch 16 --channels-last
+    python benchmarks/bench_unet.py --device cuda --precision bf16 --batch 16
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from collections.abc import Callable
 
-import torch
-from torch.utils.flop_counter import FlopCounterMode
+from ilvr_cli import runtime
 
-from ilvr_cli.config import DiffusionConfig, UNetConfig
-from ilvr_cli.diffusion import Denoiser, NoiseSource, Schedule, sample_steps
-from ilvr_cli.ilvr import ILVRHook, LowPass
-from ilvr_cli.models.unet import UNet
+#: (huge pages, freed-memory reuse) in effect.
+MEMORY_SETTINGS = (False, False) if "--default-allocator" in sys.argv else runtime.tune_memory()
+
+import torch  # noqa: E402  (after the memory settings, which torch reads once)
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+
+from ilvr_cli.config import DiffusionConfig, UNetConfig  # noqa: E402
+from ilvr_cli.diffusion import Denoiser, NoiseSource, Schedule, sample_steps  # noqa: E402
+from ilvr_cli.ilvr import ILVRHook, LowPass  # noqa: E402
+from ilvr_cli.models.unet import UNet  # noqa: E402
 
 #: ilvr_adm / P2-weighting FFHQ model flags (the `ffhq` catalog entry).
 FFHQ_FLAGS = {
@@ -69,8 +79,9 @@ def interleaved(fns: dict[str, Callable[[], object]], device: torch.device, roun
     """Time several functions in alternation, ``rounds`` times each, so that load that comes and goes
     hits them alike; returns the fastest time of each."""
     best = {name: float("inf") for name in fns}
-    for fn in fns.values():
-        fn()  # warm-up
+    for _ in range(2):  # warm-up: the allocator reaches its steady state in the second pass
+        for fn in fns.values():
+            fn()
     for _ in range(rounds):
         for name, fn in fns.items():
             _sync(device)
@@ -81,11 +92,15 @@ def interleaved(fns: dict[str, Callable[[], object]], device: torch.device, roun
     return best
 
 
-def matmul_flops_per_s(device: torch.device, dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
-    """Throughput of a large square matmul: the machine's practical peak for this dtype."""
+#: Side of the square matmul whose throughput is the machine's practical peak.
+MATMUL_SIZE = 2048
+
+
+def square_matmul(device: torch.device, dtype: torch.dtype, n: int = MATMUL_SIZE) -> Callable[[], object]:
+    """One n x n by n x n matmul (2 n^3 FLOPs): timed alongside the network, it gives the peak."""
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
-    return 2 * n**3 / timed(lambda: a @ b, device, repeats)
+    return lambda: a @ b
 
 
 def main() -> None:
@@ -97,7 +112,17 @@ def main() -> None:
     parser.add_argument("--precision", choices=sorted(DTYPES), default="fp32")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=5, help="rounds of interleaved timing")
-    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="NHWC activations, as the task commands run (default: on)",
+    )
+    parser.add_argument(
+        "--default-allocator",
+        action="store_true",
+        help="skip ilvr_cli.runtime's memory settings (huge pages, freed-memory reuse)",
+    )
     parser.add_argument("--factor", type=int, default=8, help="ILVR down-sampling factor N")
     args = parser.parse_args()
 
@@ -156,12 +181,15 @@ def main() -> None:
 
     own_s = timed(free_steps(()), device, args.repeats) / 20
     own_ilvr_s = timed(free_steps((hook,)), device, args.repeats) / 20
+    matmul = square_matmul(device, autocast_dtype or torch.float32)
     times = interleaved(
-        {"forward": forward, "step": one_step(()), "ilvr": one_step((hook,))}, device, args.repeats
+        {"matmul": matmul, "forward": forward, "step": one_step(()), "ilvr": one_step((hook,))},
+        device,
+        args.repeats,
     )
     forward_s, step_s, ilvr_s = times["forward"], times["step"], times["ilvr"]
+    peak = 2 * MATMUL_SIZE**3 / times["matmul"]
     lowpass_s = timed(lambda: hook.lowpass(reference), device, max(args.repeats, 10))
-    peak = matmul_flops_per_s(device, autocast_dtype or torch.float32)
 
     print(
         f"device            {device} ({torch.get_num_threads()} threads)"
@@ -172,6 +200,8 @@ def main() -> None:
         f"config            {args.config}: {params / 1e6:.1f}M parameters, {size}x{size}, batch {args.batch}, "
         f"{args.precision}, channels_last={args.channels_last}"
     )
+    huge_pages, reuse = MEMORY_SETTINGS
+    print(f"memory            huge pages={huge_pages}, freed-memory reuse={reuse}")
     print(f"forward FLOPs     {flops / 1e9:.1f} GFLOP")
     print(f"matmul peak       {peak / 1e9:.1f} GFLOP/s")
     print(

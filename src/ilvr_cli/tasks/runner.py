@@ -187,7 +187,7 @@ class _Run:
             self.result.settings = self.settings.to_dict()
         if hasattr(model.network, "to"):
             # channels_last: oneDNN / cuDNN convolutions run faster in NHWC (about 11% per forward on this
-            # project's CPU benchmark, benchmarks/bench_unet.py --channels-last); the math is unchanged.
+            # project's CPU benchmark: benchmarks/bench_unet.py vs --no-channels-last); same math.
             model.network = model.network.to(self.plan.device, memory_format=torch.channels_last)
         self.size = model.image_size
         self.denoiser = Denoiser.from_loaded(
