@@ -13,7 +13,7 @@ Two allocator defaults make these allocations cost as much as the arithmetic don
   transparent huge pages, which cuts TLB misses. :func:`request_huge_pages` sets it, and it must run
   before ``import torch``.
 
-With both settings, the ffhq-config forward took 1.14 s instead of 1.49 s
+With both settings, the ffhq-config forward took 1.15-1.25 s instead of 1.48-1.57 s
 (``python benchmarks/bench_unet.py``; see docs/benchmarks.md). The process then keeps its peak heap until
 it exits, which is what a sampling or training run needs anyway. The ``ilvr`` entry point applies both.
 A setting that the user has made already wins: ``THP_MEM_ALLOC_ENABLE``, ``MALLOC_MMAP_THRESHOLD_`` or
