@@ -10,16 +10,16 @@ import textwrap
 
 import pytest
 
-pytestmark = pytest.mark.skipif(
-    not sys.platform.startswith("linux") or not os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc"),
-    reason="the settings apply to Linux with glibc only",
-)
+from ilvr_cli.runtime import on_glibc
+
+pytestmark = pytest.mark.skipif(not on_glibc(), reason="the settings apply to Linux with glibc only")
 
 
-def _run(code: str, **env: str) -> list[str]:
+def _run(code: str, *args: str, **env: str) -> list[str]:
+    """Run ``code`` with ``args`` in a fresh interpreter, without the caller's allocator settings."""
     environment = {k: v for k, v in os.environ.items() if not k.startswith(("THP_", "MALLOC_"))}
     result = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
+        [sys.executable, "-c", textwrap.dedent(code), *args],
         env={**environment, **env},
         capture_output=True,
         text=True,
@@ -32,7 +32,7 @@ def _run(code: str, **env: str) -> list[str]:
 MMAPPED_AFTER_ALLOCATION = """
     import ctypes, sys
     from ilvr_cli import runtime
-    applied = runtime.reuse_freed_memory() if sys.argv[-1] == "reuse" else False
+    applied = runtime.reuse_freed_memory() if sys.argv[1] == "reuse" else False
 
     class MallInfo2(ctypes.Structure):
         _fields_ = [(name, ctypes.c_size_t) for name in
@@ -49,7 +49,7 @@ MMAPPED_AFTER_ALLOCATION = """
 
 @pytest.mark.parametrize("setting", ["default", "reuse"])
 def test_large_tensors_come_from_the_heap_once_reuse_is_on(setting: str) -> None:
-    applied, mmapped_mib = _run(MMAPPED_AFTER_ALLOCATION.replace("sys.argv[-1]", repr(setting)))
+    applied, mmapped_mib = _run(MMAPPED_AFTER_ALLOCATION, setting)
     if setting == "reuse":
         assert applied == "True" and int(mmapped_mib) == 0
     else:  # glibc's default: a fresh mmap, so a fresh set of page faults on every allocation

@@ -26,7 +26,7 @@ import ctypes
 import os
 import sys
 
-__all__ = ["request_huge_pages", "reuse_freed_memory", "tune_memory"]
+__all__ = ["on_glibc", "request_huge_pages", "reuse_freed_memory", "tune_memory"]
 
 #: ``mallopt`` parameter numbers from glibc's <malloc.h>.
 _M_TRIM_THRESHOLD = -1
@@ -72,7 +72,7 @@ def reuse_freed_memory() -> bool:
     return _reuse_applied
 
 
-def _glibc() -> bool:
+def on_glibc() -> bool:
     """True under GNU libc (``confstr`` answers "glibc 2.36" there, and fails or is missing elsewhere)."""
     try:
         return os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc")  # type: ignore[union-attr]
@@ -81,7 +81,7 @@ def _glibc() -> bool:
 
 
 def _apply_mallopt() -> bool:
-    if not _glibc() or any(name in os.environ for name in _GLIBC_VARIABLES):
+    if not on_glibc() or any(name in os.environ for name in _GLIBC_VARIABLES):
         return False
     try:
         mallopt = ctypes.CDLL("libc.so.6").mallopt

@@ -34,6 +34,10 @@ class GroupNorm32(nn.GroupNorm):
     def forward(self, x: Tensor) -> Tensor:
         weight = None if self.weight is None else self.weight.float()
         bias = None if self.bias is None else self.bias.float()
+        return self._normalize(x, weight, bias)
+
+    def _normalize(self, x: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
+        """GroupNorm of ``x`` in float32 with a float32 per-channel affine, cast back to ``x.dtype``."""
         return F.group_norm(x.float(), self.num_groups, weight, bias, self.eps).to(x.dtype)
 
     def modulated(self, x: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
@@ -49,7 +53,7 @@ class GroupNorm32(nn.GroupNorm):
         gain = 1 + scale.float().flatten()
         weight = self.weight.float() * gain
         bias = torch.addcmul(shift.float().flatten(), self.bias.float(), gain)
-        return F.group_norm(x.float(), self.num_groups, weight, bias, self.eps).to(x.dtype)
+        return self._normalize(x, weight, bias)
 
 
 def timestep_embedding(
