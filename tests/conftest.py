@@ -29,3 +29,18 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture()
+def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Never read the user's model cache or catalog: ``ILVR_CACHE_DIR`` points into the test's tmp_path.
+    Use with ``pytestmark = pytest.mark.usefixtures("private_cache")``."""
+    monkeypatch.setenv("ILVR_CACHE_DIR", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random checkpoint in the project's safetensors format (tests/test_tasks_support.py)."""
+    from test_tasks_support import save_tiny_model
+
+    return save_tiny_model(tmp_path_factory.mktemp("model") / "tiny.safetensors")

@@ -17,18 +17,9 @@ from ilvr_cli.tasks.config import TaskConfig, parse_range
 from ilvr_cli.tasks.distributed import dist_info, shard
 from ilvr_cli.tasks.plan import build_units, default_output, plan_task, resolve_settings
 from ilvr_cli.tasks.presets import PRESETS
-from test_tasks_support import SIZE, save_tiny_model, smooth_image, write_png
+from test_tasks_support import SIZE, smooth_image, write_png
 
-
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path: Path, monkeypatch) -> None:
-    """Never read the user's model cache or catalog."""
-    monkeypatch.setenv("ILVR_CACHE_DIR", str(tmp_path / "cache"))
-
-
-@pytest.fixture(scope="module")
-def model_path(tmp_path_factory) -> Path:
-    return save_tiny_model(tmp_path_factory.mktemp("model") / "tiny.safetensors")
+pytestmark = pytest.mark.usefixtures("private_cache")
 
 
 @pytest.fixture()

@@ -28,7 +28,6 @@ from test_tasks_support import (
     oracle_model,
     psnr,
     read_pixels,
-    save_tiny_model,
     smooth_image,
     stand_in_model,
     tiny_unet,
@@ -36,18 +35,7 @@ from test_tasks_support import (
     write_png,
 )
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path: Path, monkeypatch) -> None:
-    """Never read the user's model cache or catalog."""
-    monkeypatch.setenv("ILVR_CACHE_DIR", str(tmp_path / "cache"))
-
-
-@pytest.fixture(scope="module")
-def model_path(tmp_path_factory) -> Path:
-    return save_tiny_model(tmp_path_factory.mktemp("model") / "tiny.safetensors")
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "private_cache")
 
 
 def run(model: Path | str, task: str, inputs: Path | None, output: Path, **kw) -> object:
