@@ -17,15 +17,12 @@ from ilvr_cli.models.checkpoints import load_checkpoint, read_native_metadata, s
 from ilvr_cli.models.shape_inference import infer_unet_config
 from ilvr_cli.models.unet import UNet
 
-FIXTURE = "adm_tiny_ffhq_like"
+FIXTURE = "adm_learned_sigma"
 
 
 @pytest.fixture
-def fixture_dir(shared_dir: Path) -> Path:
-    folder = shared_dir / "parity" / FIXTURE
-    if not folder.is_dir():
-        pytest.skip(f"parity fixture {folder} missing")
-    return folder
+def fixture_dir(parity_dir: Path) -> Path:
+    return parity_dir / FIXTURE
 
 
 @pytest.fixture
@@ -136,8 +133,8 @@ def test_wrong_attention_message(tmp_path: Path) -> None:
         load_checkpoint(tmp_path / "m.pt", _tiny())
 
 
-def test_learned_range_needs_six_channels(shared_dir: Path) -> None:
-    folder = shared_dir / "parity" / "adm_tiny_fixed_sigma"
+def test_learned_range_needs_six_channels(parity_dir: Path) -> None:
+    folder = parity_dir / "adm_fixed_sigma_cosine"
     flags = json.loads((folder / "flags.json").read_text())
     with pytest.raises(CheckpointError, match="learned_range needs 6 output channels"):
         load_checkpoint(

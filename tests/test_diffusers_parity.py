@@ -11,23 +11,29 @@ import json
 import math
 import shutil
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-diffusers = pytest.importorskip("diffusers")
-
-from ilvr_cli.config import DiffusionConfig  # noqa: E402
-from ilvr_cli.errors import CheckpointError  # noqa: E402
-from ilvr_cli.models.checkpoints import load_checkpoint  # noqa: E402
-from ilvr_cli.models.diffusers_format import (  # noqa: E402
+from extras import require_extra
+from ilvr_cli.config import DiffusionConfig
+from ilvr_cli.errors import CheckpointError
+from ilvr_cli.models.checkpoints import load_checkpoint
+from ilvr_cli.models.diffusers_format import (
     convert_state_dict,
     diffusion_config_from_scheduler,
     unet_config_from_diffusers,
 )
-from ilvr_cli.models.unet import UNet  # noqa: E402
+from ilvr_cli.models.unet import UNet
+
+
+def _diffusers() -> ModuleType:
+    """The reference package, imported by the tests that compare against it (the config tests need none)."""
+    return require_extra("diffusers")
+
 
 ATOL = 1e-5
 TIMESTEPS = torch.tensor([0, 1, 500, 999])
@@ -88,7 +94,7 @@ def _randomise(model: torch.nn.Module, seed: int) -> None:
 
 
 def _diffusers_model(kwargs: dict[str, Any], seed: int = 0):
-    model = diffusers.UNet2DModel(**kwargs).eval()
+    model = _diffusers().UNet2DModel(**kwargs).eval()
     _randomise(model, seed)
     return model
 
@@ -111,7 +117,7 @@ def _save(model, folder: Path, style: str) -> Path:
             legacy[key] = tensor
         assert any(".query." in k for k in legacy) and not any(".to_q." in k for k in legacy)
         save_file(legacy, str(path))
-    scheduler = diffusers.DDPMScheduler(
+    scheduler = _diffusers().DDPMScheduler(
         num_train_timesteps=1000, beta_schedule="linear", variance_type="fixed_small"
     )
     scheduler.save_config(folder / "scheduler" if style == "pipeline" else folder)
@@ -160,7 +166,7 @@ def test_variants(tmp_path: Path, name: str) -> None:
 def test_missing_attention_head_dim_means_diffusers_default_8(tmp_path: Path) -> None:
     """An old config.json without the key: diffusers 0.42 falls back to 8 channels per head."""
     config = {k: v for k, v in CIFAR10_LIKE.items() if k != "attention_head_dim"}
-    model = diffusers.UNet2DModel.from_config(config).eval()
+    model = _diffusers().UNet2DModel.from_config(config).eval()
     assert model.mid_block.attentions[0].heads == 64 // 8
     _randomise(model, seed=5)
     _save(model, tmp_path, "safetensors")
@@ -186,7 +192,7 @@ def test_new_attention_order_packing() -> None:
 
 def test_scheduler_mapping(tmp_path: Path) -> None:
     def mapped(**kwargs) -> DiffusionConfig:
-        diffusers.DDPMScheduler(**kwargs).save_config(tmp_path)
+        _diffusers().DDPMScheduler(**kwargs).save_config(tmp_path)
         return diffusion_config_from_scheduler(json.loads((tmp_path / "scheduler_config.json").read_text()))
 
     assert mapped() == DiffusionConfig("linear", 1000, "fixed_small")

@@ -10,12 +10,14 @@ import subprocess
 import sys
 import warnings
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from extras import require_extra
 from ilvr_cli.errors import CheckpointError, InputError, UsageError
 from ilvr_cli.metrics import fid as fidlib
 from ilvr_cli.metrics.inception import (
@@ -26,8 +28,16 @@ from ilvr_cli.metrics.inception import (
     random_state_dict,
 )
 
-pfi = pytest.importorskip("pytorch_fid.inception", reason="pytorch-fid is a test-only extra")
-pfs = pytest.importorskip("pytorch_fid.fid_score")
+
+@pytest.fixture(scope="module")
+def pfi() -> ModuleType:
+    return require_extra("pytorch_fid.inception")
+
+
+@pytest.fixture(scope="module")
+def pfs() -> ModuleType:
+    return require_extra("pytorch_fid.fid_score")
+
 
 SIZES = [(64, 64), (80, 100), (299, 299), (240, 320)]  # (height, width): smaller, odd aspect, exact, larger
 
@@ -38,7 +48,7 @@ def state() -> dict[str, torch.Tensor]:
 
 
 @pytest.fixture(scope="module")
-def reference_factory(state):
+def reference_factory(state, pfi):
     """pytorch-fid's InceptionV3 for some output blocks, with our random weights instead of the download."""
 
     def build(blocks: list[int]) -> torch.nn.Module:
@@ -72,7 +82,7 @@ def _write_images(
     return paths
 
 
-def test_state_dict_layout_is_pytorch_fids(state, reference_factory) -> None:
+def test_state_dict_layout_is_pytorch_fids(state, reference_factory, pfi) -> None:
     ours = build_fid_inception_v3().state_dict()
     mp = pytest.MonkeyPatch()
     mp.setattr(pfi, "load_state_dict_from_url", lambda *args, **kwargs: state)
@@ -84,7 +94,7 @@ def test_state_dict_layout_is_pytorch_fids(state, reference_factory) -> None:
     assert all(ours[k].shape == theirs[k].shape for k in ours)
 
 
-def test_features_match_pytorch_fid_at_every_dims(tmp_path, state, reference_factory) -> None:
+def test_features_match_pytorch_fid_at_every_dims(tmp_path, state, reference_factory, pfs) -> None:
     """64, 192 and 768 dims, images of mixed sizes, against pytorch-fid's blocks + spatial average."""
     files = _write_images(tmp_path, len(SIZES), seed=0)
     reference = reference_factory([0, 1, 2])
@@ -105,7 +115,7 @@ def test_features_match_pytorch_fid_at_every_dims(tmp_path, state, reference_fac
         np.testing.assert_allclose(ours, theirs, atol=1e-4, rtol=0)
 
 
-def test_features_match_get_activations_end_to_end(tmp_path, state, reference_factory) -> None:
+def test_features_match_get_activations_end_to_end(tmp_path, state, reference_factory, pfs) -> None:
     """pytorch-fid's own file reading and ``get_activations`` (2048-d, batch of one for mixed sizes)."""
     files = _write_images(tmp_path, len(SIZES), seed=3)
     theirs = pfs.get_activations(files, reference_factory([3]), batch_size=1, dims=2048, num_workers=0)
@@ -113,7 +123,7 @@ def test_features_match_get_activations_end_to_end(tmp_path, state, reference_fa
     np.testing.assert_allclose(ours, theirs, atol=1e-4, rtol=0)
 
 
-def test_unfused_network_matches_bit_for_bit(tmp_path, state, reference_factory) -> None:
+def test_unfused_network_matches_bit_for_bit(tmp_path, state, reference_factory, pfs) -> None:
     """Without BatchNorm folding the arithmetic is pytorch-fid's exactly (same ops in the same order)."""
     files = _write_images(tmp_path, 2, seed=4)
     theirs = pfs.get_activations(files, reference_factory([1]), batch_size=1, dims=192, num_workers=0)
@@ -121,7 +131,7 @@ def test_unfused_network_matches_bit_for_bit(tmp_path, state, reference_factory)
     np.testing.assert_array_equal(ours, theirs)
 
 
-def test_fid_matches_pytorch_fid(tmp_path, state, reference_factory) -> None:
+def test_fid_matches_pytorch_fid(tmp_path, state, reference_factory, pfi, pfs) -> None:
     """End to end at 64 dims (more images than dims, so the covariances are regular).
 
     Each folder has one size (64x64 and 80x100) so pytorch-fid can batch it; mixed sizes within a folder
@@ -157,7 +167,7 @@ def _random_stats(
 
 
 @pytest.mark.parametrize("dims", [32, 300, 600])  # 600: the blocked congruence (2 blocks)
-def test_frechet_distance_matches_pytorch_fid(dims: int) -> None:
+def test_frechet_distance_matches_pytorch_fid(dims: int, pfs) -> None:
     rng = np.random.default_rng(dims)
     (mu1, s1), (mu2, s2) = _random_stats(rng, dims, 3 * dims, 0.0), _random_stats(rng, dims, 3 * dims, 0.3)
     theirs = pfs.calculate_frechet_distance(mu1, s1, mu2, s2)
@@ -167,7 +177,7 @@ def test_frechet_distance_matches_pytorch_fid(dims: int) -> None:
 
 
 @pytest.mark.slow
-def test_frechet_distance_matches_pytorch_fid_2048() -> None:
+def test_frechet_distance_matches_pytorch_fid_2048(pfs) -> None:
     rng = np.random.default_rng(2048)
     (mu1, s1), (mu2, s2) = _random_stats(rng, 2048, 3000, 0.0), _random_stats(rng, 2048, 3000, 0.1)
     theirs = pfs.calculate_frechet_distance(mu1, s1, mu2, s2)
@@ -226,7 +236,7 @@ def test_mismatched_dimensions_are_a_usage_error() -> None:
         fidlib.frechet_distance(mu, sigma, mu[:4], sigma[:4, :4])
 
 
-def test_statistics_round_trip_with_pytorch_fid(tmp_path) -> None:
+def test_statistics_round_trip_with_pytorch_fid(tmp_path, pfs) -> None:
     rng = np.random.default_rng(1)
     stats = fidlib.FIDStatistics.from_features(rng.standard_normal((30, 16)))
     path = stats.save(tmp_path / "ours.npz")
@@ -256,7 +266,7 @@ def test_statistics_file_errors(tmp_path) -> None:
 
 
 def test_clean_resize_equals_clean_fid() -> None:
-    cleanfid_resize = pytest.importorskip("cleanfid.resize", reason="clean-fid is a test-only extra")
+    cleanfid_resize = require_extra("cleanfid.resize")
     theirs = cleanfid_resize.make_resizer("PIL", False, "bicubic", (299, 299))
     rng = np.random.default_rng(5)
     for h, w in SIZES + [(512, 384)]:
@@ -265,7 +275,7 @@ def test_clean_resize_equals_clean_fid() -> None:
 
 
 def test_clean_dataset_matches_clean_fid(tmp_path) -> None:
-    utils = pytest.importorskip("cleanfid.utils", reason="clean-fid is a test-only extra")
+    utils = require_extra("cleanfid.utils")
     files = _write_images(tmp_path, 3, seed=6)
     theirs = utils.ResizeDataset([str(f) for f in files], mode="clean")
     ours = fidlib.ImageDataset(files, mode="clean")

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
+import matlab_reference
 from ilvr_cli.errors import UsageError
 from ilvr_cli.ilvr.lowpass import KERNELS, LowPass, axis_operators, resize_matrix
 
@@ -23,13 +22,10 @@ REFERENCES = {
 
 
 @pytest.fixture(scope="module")
-def fixture(shared_dir):
+def fixture(parity_dir):
     from safetensors.torch import load_file
 
-    path = shared_dir / "parity" / "lowpass_bicubic" / "expected.safetensors"
-    if not path.is_file():
-        pytest.skip(f"low-pass parity fixture missing: {path}")
-    return load_file(str(path))
+    return load_file(str(parity_dir / "lowpass_bicubic" / "expected.safetensors"))
 
 
 def _rand(*shape: int, seed: int = 0, dtype=torch.float64) -> torch.Tensor:
@@ -142,28 +138,13 @@ def test_borders_are_symmetric_padding(kernel, factor, shrink):
     np.testing.assert_allclose(_resize_ours(img, out_size, kernel), ref, atol=tol, rtol=0)
 
 
-def _lanczos2_matlab(x: np.ndarray) -> np.ndarray:
-    """MATLAB's own lanczos2 expression (imresize.m), with its eps guard instead of a sinc."""
-    eps = np.finfo(np.float64).eps
-    f = (np.sin(np.pi * x) * np.sin(np.pi * x / 2) + eps) / (np.pi**2 * x**2 / 2 + eps)
-    return f * (np.abs(x) < 2)
-
-
-@pytest.mark.parametrize(("n_in", "n_out"), [(32, 8), (8, 32), (24, 12)])
-def test_lanczos2_against_loop_reference(n_in, n_out):
-    """No library ships lanczos2: check it against a per-pixel loop over a mirror-padded signal."""
-    s = n_out / n_in
-    width = 4.0 / s if s < 1 else 4.0
-    sig = _rand(n_in, seed=3).numpy()
-    padded = np.pad(sig, 4 * n_in, mode="symmetric")
-    expected = np.empty(n_out)
-    for x in range(n_out):
-        u = (x + 1) / s + 0.5 * (1 - 1 / s)  # 1-based input coordinate
-        taps = np.arange(math.floor(u - width / 2), math.floor(u - width / 2) + math.ceil(width) + 2)
-        w = s * _lanczos2_matlab(s * (u - taps)) if s < 1 else _lanczos2_matlab(u - taps)
-        expected[x] = (w * padded[taps - 1 + 4 * n_in]).sum() / w.sum()
-    ours = (resize_matrix(n_in, n_out, "lanczos2") @ torch.from_numpy(sig)).numpy()
-    np.testing.assert_allclose(ours, expected, atol=1e-12, rtol=0)
+@pytest.mark.parametrize("kernel", ["cubic", "lanczos2"])
+@pytest.mark.parametrize(("n_in", "n_out"), [(32, 8), (8, 32), (24, 12), (75, 38), (10, 5)])
+def test_matrices_match_per_pixel_matlab_loop(kernel, n_in, n_out):
+    """Borders included, at sizes the fixture does not cover: against a per-pixel loop written from
+    imresize.m (tests/matlab_reference.py; no library ships lanczos2)."""
+    expected = matlab_reference.imresize_matrix(n_in, n_out, kernel)
+    np.testing.assert_allclose(resize_matrix(n_in, n_out, kernel).numpy(), expected, atol=1e-12, rtol=0)
 
 
 def test_not_antialiased_keeps_kernel_width():

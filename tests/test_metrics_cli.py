@@ -16,6 +16,7 @@ import typer
 from PIL import Image
 from typer.testing import CliRunner
 
+from extras import require_extra
 from ilvr_cli.cli.exit_codes import ExitCode
 from ilvr_cli.cli.metrics_cmd import fid_command, niqe_command
 from ilvr_cli.metrics import fid as fidlib
@@ -108,7 +109,7 @@ def test_fid_json_and_save_stats_round_trip(tmp_path, folders, weights) -> None:
 
 
 def test_fid_reads_pytorch_fid_statistics(tmp_path, folders, weights) -> None:
-    pfs = pytest.importorskip("pytorch_fid.fid_score", reason="pytorch-fid is a test-only extra")
+    pfs = require_extra("pytorch_fid.fid_score")
     rng = np.random.default_rng(0)
     features_a, features_b = rng.standard_normal((100, 8)), rng.standard_normal((100, 8)) + 0.5
     for name, features in (("x.npz", features_a), ("y.npz", features_b)):
@@ -182,18 +183,19 @@ def test_fid_without_weights_or_registry_names_the_option(monkeypatch, folders) 
 
 
 @pytest.fixture(scope="module")
-def niqe_folder(tmp_path_factory, shared_dir: Path) -> Path:
+def niqe_folder(tmp_path_factory, niqe_dir: Path) -> Path:
+    """The release's images 1 and 4 as BMP (their original format; an upper-case extension too)."""
     folder = tmp_path_factory.mktemp("niqe")
     (folder / "deep").mkdir()
-    shutil.copy(shared_dir / "niqe" / "image1.bmp", folder / "one.BMP")
-    shutil.copy(shared_dir / "niqe" / "image4.bmp", folder / "deep" / "four.bmp")
+    Image.open(niqe_dir / "image1.png").save(folder / "one.BMP", format="BMP")
+    Image.open(niqe_dir / "image4.png").save(folder / "deep" / "four.bmp")
     return folder
 
 
-def test_niqe_folder_table_json_and_csv(tmp_path, niqe_folder, shared_dir) -> None:
+def test_niqe_folder_table_json_and_csv(tmp_path, niqe_folder, niqe_dir) -> None:
     expected = {
-        "deep/four.bmp": niqe_file(shared_dir / "niqe" / "image4.bmp"),
-        "one.BMP": niqe_file(shared_dir / "niqe" / "image1.bmp"),
+        "deep/four.bmp": niqe_file(niqe_dir / "image4.png"),
+        "one.BMP": niqe_file(niqe_dir / "image1.png"),
     }
     table = runner.invoke(app, ["niqe", str(niqe_folder)])
     assert table.exit_code == 0, table.output

@@ -1,4 +1,4 @@
-"""The posterior p(x_{i-1} | x_i) and the Denoiser against guided-diffusion's outputs (../shared/parity)."""
+"""The posterior p(x_{i-1} | x_i) and the Denoiser against guided-diffusion's outputs (tests/data/parity)."""
 
 from __future__ import annotations
 
@@ -15,12 +15,12 @@ from ilvr_cli.diffusion.posterior import p_mean_variance, q_sample
 from ilvr_cli.diffusion.schedule import Schedule
 from ilvr_cli.errors import CheckpointError, UsageError
 
-FIXTURES = ["adm_tiny_ffhq_like", "adm_tiny_fixed_sigma"]
+FIXTURES = ["adm_learned_sigma", "adm_fixed_sigma_cosine"]
 ATOL = 1e-5
 
 
-def _load(shared_dir, name):
-    root = shared_dir / "parity" / name
+def _load(parity_dir, name):
+    root = parity_dir / name
     flags = json.loads((root / "flags.json").read_text())
     config = DiffusionConfig.from_guided_diffusion_flags(flags)
     schedule = Schedule.from_config(config).respace(flags["timestep_respacing"])
@@ -36,11 +36,11 @@ def _assert_posterior(post, expected, b):
         )
 
 
-def test_fixture_variance_types(shared_dir):
+def test_fixture_variance_types(parity_dir):
     """guided-diffusion's create_gaussian_diffusion: learn_sigma -> learned_range, else fixed_large unless
     sigma_small. The fixed-sigma fixture really used fixed_large: fixed_small would not reproduce it."""
-    assert _load(shared_dir, "adm_tiny_ffhq_like")[1].variance_type == "learned_range"
-    _, config, schedule, expected = _load(shared_dir, "adm_tiny_fixed_sigma")
+    assert _load(parity_dir, "adm_learned_sigma")[1].variance_type == "learned_range"
+    _, config, schedule, expected = _load(parity_dir, "adm_fixed_sigma_cosine")
     assert config.variance_type == "fixed_large"
     b = 2  # t_respaced = 1: posterior variance and beta differ most at small t
     i = int(expected["t_respaced"][b])
@@ -50,8 +50,8 @@ def test_fixture_variance_types(shared_dir):
 
 
 @pytest.mark.parametrize("name", FIXTURES)
-def test_p_mean_variance_matches_guided_diffusion(shared_dir, name):
-    _, config, schedule, expected = _load(shared_dir, name)
+def test_p_mean_variance_matches_guided_diffusion(parity_dir, name):
+    _, config, schedule, expected = _load(parity_dir, name)
     for b, i in enumerate(expected["t_respaced"].tolist()):
         post = p_mean_variance(
             schedule,
@@ -64,9 +64,9 @@ def test_p_mean_variance_matches_guided_diffusion(shared_dir, name):
 
 
 @pytest.mark.parametrize("name", FIXTURES)
-def test_denoiser_maps_respaced_index_to_network_time(shared_dir, name):
+def test_denoiser_maps_respaced_index_to_network_time(parity_dir, name):
     """Denoiser.posterior calls the network at timestep_map[i] (guided-diffusion _WrappedModel)."""
-    _, config, schedule, expected = _load(shared_dir, name)
+    _, config, schedule, expected = _load(parity_dir, name)
     seen: list[torch.Tensor] = []
     row = {}
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from extras import require_extra
 from ilvr_cli.config import UNetConfig
 from ilvr_cli.errors import ModelNotFoundError, UsageError
 from ilvr_cli.registry.catalog import (
@@ -94,8 +95,9 @@ HO_CIFAR = {
 def test_ddpm_entries_match_the_published_diffusers_configs(catalog, names, hub_config) -> None:
     """The catalog's UNetConfig is what the diffusers adapter reads from config.json, and the reference
     diffusers UNet2DModel has the catalog's parameter count."""
-    torch = pytest.importorskip("torch")
-    diffusers = pytest.importorskip("diffusers")
+    import torch
+
+    diffusers = require_extra("diffusers")
     from ilvr_cli.models.diffusers_format import unet_config_from_diffusers
 
     from_hub = unet_config_from_diffusers(hub_config)

@@ -104,7 +104,8 @@ def test_errors_map_to_exit_codes(cache: Path, monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_add_and_use_a_checkpoint(cache: Path, tmp_path: Path) -> None:
-    torch = pytest.importorskip("torch")
+    import torch
+
     from ilvr_cli.config import UNetConfig
     from ilvr_cli.models.unet import UNet
 

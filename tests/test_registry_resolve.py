@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from extras import require_extra
 from ilvr_cli.errors import (
     CheckpointError,
     DownloadError,
@@ -99,12 +100,10 @@ def test_catalog_model_is_converted_once_then_loaded_without_unpickling(
     assert resolved.converted and resolved.path == folder / CONVERTED_NAME
 
 
-def test_published_checkpoint_through_the_registry_matches_parity(shared_dir: Path, tmp_path: Path) -> None:
+def test_published_checkpoint_through_the_registry_matches_parity(parity_dir: Path, tmp_path: Path) -> None:
     """The parity fixture's guided-diffusion .pt, fetched and converted by the registry, gives the reference
     network outputs."""
-    fixture = shared_dir / "parity" / "adm_tiny_ffhq_like"
-    if not fixture.is_dir():
-        pytest.skip(f"{fixture} missing")
+    fixture = parity_dir / "adm_learned_sigma"
     from safetensors.torch import load_file
 
     flags = json.loads((fixture / "flags.json").read_text())
@@ -257,7 +256,7 @@ def test_fetch_weights_entry(tmp_path: Path) -> None:
 def test_diffusers_entry_with_bin_fallback(tmp_path: Path) -> None:
     """A multi-file diffusers entry: .safetensors not found anywhere, so the .bin is fetched; the folder
     is converted once and loads like the folder itself."""
-    diffusers = pytest.importorskip("diffusers")
+    diffusers = require_extra("diffusers")
     from ilvr_cli.models.checkpoints import load_checkpoint
     from ilvr_cli.models.diffusers_format import unet_config_from_diffusers
 

@@ -12,7 +12,9 @@ import pytest
 
 from ilvr_cli.runtime import on_glibc
 
-pytestmark = pytest.mark.skipif(not on_glibc(), reason="the settings apply to Linux with glibc only")
+pytestmark = pytest.mark.skipif(
+    not on_glibc(), reason="needs Linux with glibc (the settings apply there only)"
+)
 
 
 def _run(code: str, *args: str, **env: str) -> list[str]:

@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from extras import require_extra
 from ilvr_cli.diffusion import Denoiser, NoiseSource, Schedule, StepState, sample, sample_steps
 from ilvr_cli.diffusion.noise import stream_seed
 from ilvr_cli.diffusion.sampler import ddim_step, ddpm_step
@@ -238,7 +239,7 @@ def _constant(out: torch.Tensor):
 def test_ddpm_step_matches_diffusers(spec, variance_type):
     """diffusers' DDPMScheduler with 10 "leading" inference steps walks 900, 800, ..., 0: guided-diffusion's
     ddim10 respacing of T = 1000; with no respacing it walks t -> t - 1."""
-    diffusers = pytest.importorskip("diffusers")
+    diffusers = require_extra("diffusers")
     scheduler = diffusers.DDPMScheduler(
         num_train_timesteps=1000, variance_type=variance_type, clip_sample=True
     )
@@ -258,7 +259,7 @@ def test_ddpm_step_matches_diffusers(spec, variance_type):
 
 @pytest.mark.parametrize("eta", [0.0, 0.7])
 def test_ddim_step_matches_diffusers(eta):
-    diffusers = pytest.importorskip("diffusers")
+    diffusers = require_extra("diffusers")
     scheduler = diffusers.DDIMScheduler(num_train_timesteps=1000, clip_sample=True, set_alpha_to_one=True)
     scheduler.set_timesteps(20)
     schedule = Schedule.named("linear", 1000).respace("ddim20")

@@ -1,4 +1,4 @@
-"""Schedules and respacing against guided-diffusion's outputs (../shared/parity), diffusers and closed
+"""Schedules and respacing against guided-diffusion's outputs (tests/data/parity), diffusers and closed
 forms."""
 
 from __future__ import annotations
@@ -11,16 +11,17 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
+from extras import require_extra
 from ilvr_cli.config import DiffusionConfig
 from ilvr_cli.diffusion.schedule import Schedule, space_timesteps
 from ilvr_cli.errors import UsageError
 
-FIXTURES = ["adm_tiny_ffhq_like", "adm_tiny_fixed_sigma"]
+FIXTURES = ["adm_learned_sigma", "adm_fixed_sigma_cosine"]
 
 
 @pytest.mark.parametrize("name", FIXTURES)
-def test_schedule_matches_guided_diffusion_fixture(shared_dir, name):
-    root = shared_dir / "parity" / name
+def test_schedule_matches_guided_diffusion_fixture(parity_dir, name):
+    root = parity_dir / name
     flags = json.loads((root / "flags.json").read_text())
     expected = load_file(str(root / "expected.safetensors"))
     schedule = Schedule.from_config(DiffusionConfig.from_guided_diffusion_flags(flags))
@@ -167,7 +168,7 @@ def test_cosine_alphas_cumprod_against_closed_form(num_timesteps):
 
 @pytest.mark.parametrize(("name", "diffusers_name"), [("linear", "linear"), ("cosine", "squaredcos_cap_v2")])
 def test_betas_match_diffusers(name, diffusers_name):
-    diffusers = pytest.importorskip("diffusers")
+    diffusers = require_extra("diffusers")
     scheduler = diffusers.DDPMScheduler(num_train_timesteps=1000, beta_schedule=diffusers_name)
     ours = Schedule.named(name, 1000)
     # diffusers keeps its betas in float32.

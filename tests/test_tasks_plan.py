@@ -180,7 +180,9 @@ def test_output_equal_to_a_single_input_file_is_refused(model_path: Path, inputs
         runner.run_task(config(model=str(model_path), input=str(inputs / "b.png"), output=inputs))
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
+@pytest.mark.skipif(
+    torch.cuda.is_available(), reason="needs a machine without CUDA (the error a user without one sees)"
+)
 def test_cuda_without_cuda_is_a_usage_error(model_path: Path, inputs: Path, no_loading) -> None:
     with pytest.raises(UsageError, match="no CUDA device"):
         runner.run_task(config(model=str(model_path), input=str(inputs), device="cuda"))

@@ -1,4 +1,4 @@
-"""The UNet against guided-diffusion's own outputs (../shared/parity: random weights, all of them used)."""
+"""The UNet against guided-diffusion's own outputs (tests/data/parity: random weights, all of them used)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from ilvr_cli.models.checkpoints import load_checkpoint
 from ilvr_cli.models.shape_inference import infer_unet_config
 from ilvr_cli.models.unet import GroupNorm32, UNet, count_parameters, timestep_embedding
 
-FIXTURES = ["adm_tiny_ffhq_like", "adm_tiny_fixed_sigma"]
+FIXTURES = ["adm_learned_sigma", "adm_fixed_sigma_cosine"]
 ATOL = 1e-5
 #: Fields a checkpoint's tensor shapes determine (heads and image size do not).
 INFERABLE = (
@@ -33,10 +33,8 @@ INFERABLE = (
 
 
 @pytest.fixture(params=FIXTURES)
-def case(request: pytest.FixtureRequest, shared_dir: Path) -> tuple[Path, dict, UNetConfig, dict]:
-    folder = shared_dir / "parity" / request.param
-    if not folder.is_dir():
-        pytest.skip(f"parity fixture {folder} missing")
+def case(request: pytest.FixtureRequest, parity_dir: Path) -> tuple[Path, dict, UNetConfig, dict]:
+    folder = parity_dir / request.param
     flags = json.loads((folder / "flags.json").read_text())
     expected = load_file(str(folder / "expected.safetensors"))
     return folder, flags, UNetConfig.from_guided_diffusion_flags(flags), expected
@@ -154,7 +152,7 @@ def test_input_size_must_divide(case) -> None:
     folder, _, config, _ = case
     network = load_checkpoint(folder / "model.pt", config).network
     with pytest.raises(InputError, match="not a multiple of"):
-        network(torch.zeros(1, 3, 30, 30), torch.zeros(1))
+        network(torch.zeros(1, 3, 31, 31), torch.zeros(1))
 
 
 def _adm_256(**flags) -> UNetConfig:
