@@ -23,7 +23,7 @@ def _umask_mode() -> int:
     return 0o666 & ~mask
 
 
-def atomic_write_path(path: str | os.PathLike[str], write: Callable[[str], None]) -> Path:
+def atomic_write_path(path: str | os.PathLike[str], write: Callable[[str], object]) -> Path:
     """Call ``write(temporary_path)`` (for writers that take a file name, e.g. safetensors' ``save_file``),
     then fsync and rename it over ``path``. On any exception the temporary file is removed."""
     target = Path(path)

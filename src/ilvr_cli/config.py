@@ -14,10 +14,11 @@ from ilvr_cli.errors import CheckpointError
 
 VarianceType = Literal["learned_range", "fixed_small", "fixed_large"]
 ScheduleName = Literal["linear", "cosine"]
+DownsamplePadding = Literal["symmetric", "tf_same"]
 
 #: guided-diffusion's ``channel_mult`` defaults by image size (script_util.create_model).
-DEFAULT_CHANNEL_MULT: dict[int, tuple[int, ...]] = {
-    512: (0.5, 1, 1, 2, 2, 4, 4),  # type: ignore[dict-item]
+DEFAULT_CHANNEL_MULT: dict[int, tuple[float, ...]] = {
+    512: (0.5, 1, 1, 2, 2, 4, 4),
     256: (1, 1, 2, 2, 4, 4),
     128: (1, 1, 2, 3, 4),
     64: (1, 2, 3, 4),
@@ -47,7 +48,7 @@ class UNetConfig:
     model_channels: int
     num_res_blocks: int
     attention_resolutions: tuple[int, ...]
-    channel_mult: tuple[int, ...]
+    channel_mult: tuple[float, ...]
     in_channels: int = 3
     out_channels: int = 3
     num_heads: int = 1
@@ -64,7 +65,7 @@ class UNetConfig:
     time_embed_flip_sin_to_cos: bool = True
     time_embed_freq_shift: float = 0.0
     #: "symmetric": stride-2 conv, padding 1 (ADM); "tf_same": pad right/bottom by 1, no padding (Ho et al.).
-    downsample_padding: Literal["symmetric", "tf_same"] = "symmetric"
+    downsample_padding: DownsamplePadding = "symmetric"
     #: "legacy": guided-diffusion's QKVAttentionLegacy channel layout (the published checkpoints); "new":
     #: its QKVAttention layout (``use_new_attention_order``).
     attention_order: Literal["legacy", "new"] = "legacy"

@@ -59,9 +59,10 @@ def contributions(
     scale = out_len / in_len
     if scale < 1.0 and antialias:
 
-        def weight(d: np.ndarray) -> np.ndarray:
+        def scaled(d: np.ndarray) -> np.ndarray:
             return scale * func(scale * d)
 
+        weight: Callable[[np.ndarray], np.ndarray] = scaled
         width = width / scale
     else:
         weight = func

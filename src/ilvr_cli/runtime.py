@@ -75,7 +75,8 @@ def reuse_freed_memory() -> bool:
 def on_glibc() -> bool:
     """True under GNU libc (``confstr`` answers "glibc 2.36" there, and fails or is missing elsewhere)."""
     try:
-        return os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc")  # type: ignore[union-attr]
+        version = os.confstr("CS_GNU_LIBC_VERSION")
+        return version is not None and version.startswith("glibc")
     except (AttributeError, ValueError, OSError):
         return False
 

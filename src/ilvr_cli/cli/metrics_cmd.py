@@ -7,6 +7,7 @@ them so ``ilvr --help`` stays fast.
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import math
 import warnings
@@ -25,7 +26,7 @@ from ilvr_cli.cli.exit_codes import ExitCode
 from ilvr_cli.errors import InputError, UsageError
 
 if TYPE_CHECKING:
-    from ilvr_cli.metrics.fid import FIDStatistics
+    from ilvr_cli.metrics.fid import FIDStatistics, Mode
 
 
 class FidMode(str, Enum):
@@ -222,7 +223,7 @@ def _resolve_dims(
 class _FeatureOptions:
     """How ``ilvr fid`` extracts features: preprocessing mode, batch size, loader processes, device."""
 
-    mode: str
+    mode: Mode
     batch_size: int
     workers: int | None
     device: str | None
@@ -253,10 +254,10 @@ def _folder_statistics(
             features = fidlib.extract_features(
                 files,
                 model,
-                mode=options.mode,  # type: ignore[arg-type]
+                mode=options.mode,
                 batch_size=options.batch_size,
                 num_workers=workers,
-                progress=lambda n, task=task: progress.advance(task, n),
+                progress=functools.partial(progress.advance, task),
             )
             result[index] = fidlib.FIDStatistics.from_features(features)
     return result

@@ -7,6 +7,7 @@ light.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -104,7 +105,7 @@ def _state_text(status: ModelStatus) -> str:
     }[status.state]
 
 
-def _flatten(defaults: dict[str, object], prefix: str = "") -> list[str]:
+def _flatten(defaults: Mapping[str, object], prefix: str = "") -> list[str]:
     """{"respacing": "100", "translate": {"factor": 32}} -> ["respacing=100", "translate.factor=32"]."""
     items: list[str] = []
     for key, value in defaults.items():

@@ -13,7 +13,7 @@ import os
 from collections.abc import Sequence
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import typer
 from rich.markup import escape
@@ -25,11 +25,11 @@ from rich.table import Table
 
 from ilvr_cli.cli.common import counting_progress, err, handle_errors, out
 from ilvr_cli.cli.exit_codes import ExitCode
-from ilvr_cli.tasks.config import TaskConfig, parse_range
+from ilvr_cli.tasks.config import TaskConfig, TaskName, parse_range
 from ilvr_cli.tasks.presets import PRESETS
 
 if TYPE_CHECKING:
-    from ilvr_cli.tasks.progress import RunStart
+    from ilvr_cli.tasks.progress import RunStart, TaskProgress
     from ilvr_cli.tasks.result import TaskResult
 
 
@@ -289,7 +289,7 @@ def _execute(config: TaskConfig, quiet: bool, as_json: bool) -> None:
 
     display = RichTaskProgress(quiet)
     try:
-        result = run_task(config, display)  # type: ignore[arg-type]
+        result = run_task(config, cast("TaskProgress", display))  # duck-typed: see RichTaskProgress
     finally:
         display.stop()
     if _is_main_rank():
@@ -305,14 +305,14 @@ def _range(text: str | None) -> tuple[int, int] | None:
     return None if text is None else parse_range(text)
 
 
-def _config(task: str, **options: Any) -> TaskConfig:
+def _config(task: TaskName, **options: Any) -> TaskConfig:
     options["kernel"] = options.pop("kernel").value
     options["fit"] = options.pop("fit").value
     options["precision"] = options.pop("precision").value
     options["method"] = options.pop("method").value
     options["max_pixels"] = int(options.pop("max_megapixels") * 1_000_000)
     options["t_range"] = _range(options.pop("t_range"))
-    return TaskConfig(task=task, **options)  # type: ignore[arg-type]
+    return TaskConfig(task=task, **options)
 
 
 def _help(task: str, text: str) -> str:
@@ -321,14 +321,14 @@ def _help(task: str, text: str) -> str:
 
 
 # --------------------------------------------------------------------------------------------- commands
-def _conditioned_command(task: str, text: str):
+def _conditioned_command(task: TaskName, text: str):
     """One of upscale / translate / paint2img: the same options, a different preset."""
 
     @handle_errors
     def command(
         input: InputArg,
         output: OutputArg = None,
-        model: ModelOpt = ...,  # type: ignore[assignment]
+        model: ModelOpt = ...,  # type: ignore[assignment]  # Typer's marker for a required option
         factor: FactorOpt = None,
         kernel: FilterOpt = Kernel.cubic,
         exact: ExactOpt = False,
@@ -362,7 +362,7 @@ def _conditioned_command(task: str, text: str):
 def edit(
     input: InputArg,
     output: OutputArg = None,
-    model: ModelOpt = ...,  # type: ignore[assignment]
+    model: ModelOpt = ...,  # type: ignore[assignment]  # Typer's marker for a required option
     mask: Annotated[
         Path | None,
         typer.Option(
@@ -406,7 +406,7 @@ edit.__doc__ = _help(
 @handle_errors
 def sample(
     output: Annotated[Path, typer.Argument(help="Output folder: 000000.png, 000001.png, ...")],
-    model: ModelOpt = ...,  # type: ignore[assignment]
+    model: ModelOpt = ...,  # type: ignore[assignment]  # Typer's marker for a required option
     count: Annotated[int, typer.Option("--count", "-n", help="How many samples.")] = 8,
     steps: StepsOpt = None,
     seed: SeedOpt = 0,
@@ -432,8 +432,8 @@ def sample(
         seed=seed,
         batch_size=batch_size,
         device=device,
-        precision=precision.value,  # type: ignore[arg-type]
-        method=method.value,  # type: ignore[arg-type]
+        precision=precision.value,
+        method=method.value,
         eta=eta,
         overwrite=overwrite,
         grid=grid,
@@ -443,7 +443,7 @@ def sample(
     _execute(config, quiet, as_json)
 
 
-COMMANDS = {
+COMMANDS: dict[TaskName, str] = {
     "upscale": "Low-resolution images -> model-resolution images whose down_N matches them.",
     "translate": "References from any domain -> images of the model's domain with their layout and colours.",
     "paint2img": "Paintings or flat-colour drawings -> photo-realistic images.",

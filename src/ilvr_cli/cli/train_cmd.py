@@ -34,7 +34,9 @@ from ilvr_cli.cli.exit_codes import ExitCode
 from ilvr_cli.errors import UsageError
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
+    from types import FrameType
+    from typing import TextIO
 
     from ilvr_cli.training import RunInfo, StepUpdate, TrainConfig, TrainResult
 
@@ -99,7 +101,10 @@ def _graceful_interrupt() -> Iterator[list[bool]]:
     step, saves and stops. The handlers are then reset, so a second signal stops at once."""
     flag = [False]
     signals = [signal.SIGINT, signal.SIGTERM]
-    defaults = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
+    defaults: dict[signal.Signals, Callable[[int, FrameType | None], Any] | signal.Handlers] = {
+        signal.SIGINT: signal.default_int_handler,
+        signal.SIGTERM: signal.SIG_DFL,
+    }
 
     def handler(signum: int, frame: object) -> None:
         flag[0] = True
@@ -124,7 +129,14 @@ def _warnings_to_console(show: bool) -> Iterator[None]:
     """Render warnings (e.g. skipped unreadable images) as one yellow line each, on rank 0 only."""
     original = warnings.showwarning
 
-    def render(message, category, filename, lineno, file=None, line=None) -> None:  # type: ignore[no-untyped-def]
+    def render(
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        file: TextIO | None = None,
+        line: str | None = None,
+    ) -> None:
         if show:
             err.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False, soft_wrap=True)
 
@@ -146,7 +158,9 @@ def _new_config(
     """A new run's config: the preset's (or ``--init-from`` model's) architecture with the options applied."""
     from ilvr_cli.training.presets import TrainConfig, model_configs
 
-    arch = {k: options.pop(k) for k in ("image_size", "learn_sigma", "dropout") if k in options}
+    arch: dict[str, Any] = {
+        k: options.pop(k) for k in ("image_size", "learn_sigma", "dropout") if k in options
+    }
     if preset is None and init_from is not None:
         unet, diffusion = _init_configs(init_from, cache_dir, arch)
         name = f"init-from:{init_from}"

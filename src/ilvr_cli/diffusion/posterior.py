@@ -79,6 +79,7 @@ def _log_variance(
         # Nichol & Dhariwal eq. 15: interpolate in log space between beta~ (posterior) and beta.
         min_log = coef(schedule.posterior_log_variance_clipped, i)
         max_log = coef(schedule.log_betas, i)
+        assert var_values is not None, "learned_range outputs carry v (split_model_output)"
         frac = (var_values + 1) / 2
         return frac * max_log + (1 - frac) * min_log
     tables = {

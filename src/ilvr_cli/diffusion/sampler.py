@@ -153,7 +153,11 @@ def _loop(
     the caller's code between yields."""
     schedule = denoiser.schedule
     with mode():
-        x = noise.randn(shape) if x_T is None else x_T
+        if x_T is None:
+            assert shape is not None, "_check_start lets exactly one of shape and x_T through"
+            x = noise.randn(shape)
+        else:
+            x = x_T
     for i in range(start, -1, -1):
         with mode():
             z = noise.randn(x.shape[1:], dtype=torch.float32)

@@ -145,10 +145,11 @@ class LowPass:
         key = (device, dtype)
         ops = self._cast.get(key)
         if ops is None:
-            ops = tuple(
+            rows, cols = (
                 AxisOperators(*(m.to(device=device, dtype=dtype) for m in axis))
                 for axis in (self.rows, self.cols)
             )
+            ops = (rows, cols)
             self._cast[key] = ops
         return ops
 

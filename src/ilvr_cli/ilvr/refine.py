@@ -116,15 +116,13 @@ class ILVRHook:
         self.conditioned = conditioned_steps(schedule, t_range, mode)
         self._levels = [(a**0.5, (1.0 - a) ** 0.5) for a in reference_levels(schedule, mode)]
         size = (lowpass.height, lowpass.width)
-        self.reference = self._checked(reference, size, "reference")
-        self.low_res = self._checked(low_res, lowpass.low_size, "low_res")
+        self.reference = None if reference is None else self._checked(reference, size, "reference")
+        self.low_res = None if low_res is None else self._checked(low_res, lowpass.low_size, "low_res")
         self.mask = self._checked_mask(mask, size)
         self._on_device: dict[torch.device, tuple[torch.Tensor | None, ...]] = {}
 
     @staticmethod
-    def _checked(tensor: torch.Tensor | None, size: tuple[int, int], what: str) -> torch.Tensor | None:
-        if tensor is None:
-            return None
+    def _checked(tensor: torch.Tensor, size: tuple[int, int], what: str) -> torch.Tensor:
         tensor = _batch4(tensor, what)
         if tuple(tensor.shape[-2:]) != size:
             raise UsageError(f"{what} must be {size[0]}x{size[1]} pixels, got {tuple(tensor.shape[-2:])}")
@@ -185,9 +183,14 @@ class ILVRHook:
         y_t = None if reference is None else a * reference + b * eps  # q(y_t | y), Ho et al. Eq. 4
         out = x
         if refine:
-            phi_y = self.lowpass(y_t) if y_t is not None else self._phi_noised_low_res(low_res, eps, i)
+            if y_t is not None:
+                phi_y = self.lowpass(y_t)
+            else:
+                assert low_res is not None, "the constructor demands reference or low_res"
+                phi_y = self._phi_noised_low_res(low_res, eps, i)
             out = phi_y + x - self.lowpass(x)
         if mask is not None:
+            assert y_t is not None, "a mask needs the reference (_checked_mask)"
             out = mask * out + (1.0 - mask) * y_t
         return out.to(x_prev.dtype)
 

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
 
 import numpy as np
 import torch
@@ -35,7 +35,7 @@ from ilvr_cli.metrics.images import load_rgb
 from ilvr_cli.metrics.inception import INPUT_SIZE, FIDInception
 
 Mode = Literal["legacy", "clean"]
-MODES: tuple[str, ...] = ("legacy", "clean")
+MODES: tuple[Mode, ...] = ("legacy", "clean")
 
 
 class SingularCovarianceWarning(UserWarning):
@@ -51,7 +51,7 @@ def check_mode(mode: str) -> Mode:
     """``mode`` if known, else a UsageError naming the choices."""
     if mode not in MODES:
         raise UsageError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
-    return mode  # type: ignore[return-value]
+    return mode
 
 
 def clean_resize(image: np.ndarray, size: int = INPUT_SIZE) -> np.ndarray:
@@ -61,7 +61,9 @@ def clean_resize(image: np.ndarray, size: int = INPUT_SIZE) -> np.ndarray:
     shrinking), so nothing is quantised; the result is clipped to [0, 255].
     """
     channels = [  # a float32 array becomes a mode "F" image
-        np.asarray(Image.fromarray(image[:, :, c].astype(np.float32)).resize((size, size), Image.BICUBIC))
+        np.asarray(
+            Image.fromarray(image[:, :, c].astype(np.float32)).resize((size, size), Image.Resampling.BICUBIC)
+        )
         for c in range(image.shape[2])
     ]
     return np.clip(np.stack(channels, axis=2), 0, 255).astype(np.float32)
@@ -99,7 +101,7 @@ def _collate(items: list[Tensor | str]) -> Tensor | str:
     for item in items:
         if isinstance(item, str):
             return item
-    return torch.stack(items)  # type: ignore[arg-type]
+    return torch.stack(cast("list[Tensor]", items))  # no str left: the loop returned the first
 
 
 def default_workers() -> int:

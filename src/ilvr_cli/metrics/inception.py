@@ -201,7 +201,7 @@ def random_state_dict(seed: int = 0) -> dict[str, Tensor]:
 def _registry_weights() -> Path:
     """The cached published weights through the model registry, when it is available."""
     try:
-        from ilvr_cli.registry import fetch  # type: ignore[attr-defined]
+        from ilvr_cli.registry import fetch
     except ImportError:
         raise UsageError(
             "the FID Inception weights are not available through the model registry in this version; "

@@ -41,7 +41,7 @@ SHIFTS = ((0, 1), (1, 0), (1, 1), (1, -1))
 @functools.cache
 def load_niqe_params() -> tuple[np.ndarray, np.ndarray]:
     """The release's pristine model: mean (36,) and covariance (36, 36), float64, read-only."""
-    source = resources.files("ilvr_cli").joinpath("data", "niqe_params.npz")
+    source = resources.files("ilvr_cli").joinpath("data").joinpath("niqe_params.npz")
     with source.open("rb") as handle, np.load(handle, allow_pickle=False) as data:
         mu, cov = np.array(data["mu"]), np.array(data["cov"])
     mu.setflags(write=False)

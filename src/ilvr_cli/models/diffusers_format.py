@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ilvr_cli.config import DiffusionConfig, UNetConfig
+from ilvr_cli.config import DiffusionConfig, DownsamplePadding, ScheduleName, UNetConfig, VarianceType
 from ilvr_cli.errors import CheckpointError
 from ilvr_cli.models.unet import attention_heads
 
@@ -150,7 +150,8 @@ def unet_config_from_diffusers(raw: Mapping[str, Any]) -> UNetConfig:
     if cfg["resnet_time_scale_shift"] == "scale_shift" and cfg["attn_norm_num_groups"] is None:
         # diffusers' UNetMidBlock2D then builds its attention without a group norm, which UNet always has
         raise CheckpointError("unsupported diffusers config: scale_shift without attn_norm_num_groups")
-    padding = {0: "tf_same", 1: "symmetric"}.get(cfg["downsample_padding"])
+    paddings: dict[int, DownsamplePadding] = {0: "tf_same", 1: "symmetric"}
+    padding = paddings.get(cfg["downsample_padding"])
     if padding is None:
         raise CheckpointError(f"unsupported downsample_padding {cfg['downsample_padding']} (0 or 1)")
     shift = {"default": False, "scale_shift": True}.get(cfg["resnet_time_scale_shift"])
@@ -181,7 +182,7 @@ def unet_config_from_diffusers(raw: Mapping[str, Any]) -> UNetConfig:
         norm_eps=float(cfg["norm_eps"]),
         time_embed_flip_sin_to_cos=bool(cfg["flip_sin_to_cos"]),
         time_embed_freq_shift=float(cfg["freq_shift"]),
-        downsample_padding=padding,  # type: ignore[arg-type]
+        downsample_padding=padding,
         attention_order="legacy",
     )
 
@@ -211,6 +212,7 @@ def diffusion_config_from_scheduler(raw: Mapping[str, Any]) -> DiffusionConfig:
     if raw.get("prediction_type", "epsilon") != "epsilon":
         raise CheckpointError(f"unsupported prediction_type {raw['prediction_type']!r} (only epsilon)")
     name = raw.get("beta_schedule", "linear")
+    schedule: ScheduleName
     if name == "linear":
         scale = 1000 / steps
         start, end = float(raw.get("beta_start", 1e-4)), float(raw.get("beta_end", 0.02))
@@ -226,16 +228,17 @@ def diffusion_config_from_scheduler(raw: Mapping[str, Any]) -> DiffusionConfig:
         schedule = "cosine"
     else:
         raise CheckpointError(f"unsupported beta_schedule {name!r} (linear or squaredcos_cap_v2)")
-    variance = {
+    variances: dict[str, VarianceType] = {
         "fixed_small": "fixed_small",
         "fixed_small_log": "fixed_small",
         "fixed_large": "fixed_large",
         "fixed_large_log": "fixed_large",
         "learned_range": "learned_range",
-    }.get(raw.get("variance_type", "fixed_small"))
+    }
+    variance = variances.get(raw.get("variance_type", "fixed_small"))
     if variance is None:
         raise CheckpointError(f"unsupported variance_type {raw['variance_type']!r}")
-    return DiffusionConfig(schedule=schedule, num_timesteps=steps, variance_type=variance)  # type: ignore[arg-type]
+    return DiffusionConfig(schedule=schedule, num_timesteps=steps, variance_type=variance)
 
 
 _RESNET = {

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
+from typing import cast
 
 import torch
 from torch import Tensor
@@ -171,9 +172,11 @@ def _say(field: str, value: object) -> str:
     if field == "num_res_blocks":
         return f"{value} res block{'s' if value != 1 else ''} per level"
     if field == "channel_mult":
-        return f"channel multipliers {','.join(str(m) for m in value)}"  # type: ignore[attr-defined]
+        multipliers = cast("tuple[float, ...]", value)
+        return f"channel multipliers {','.join(str(m) for m in multipliers)}"
     if field == "attention_resolutions":
-        return "attention at " + (",".join(str(r) for r in value) or "no resolution") + " px"  # type: ignore[attr-defined]
+        resolutions = cast("tuple[int, ...]", value)
+        return "attention at " + (",".join(str(r) for r in resolutions) or "no resolution") + " px"
     if field == "use_scale_shift_norm":
         return "scale-shift norm" if value else "no scale-shift norm"
     if field == "resblock_updown":

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -90,7 +91,7 @@ class TimestepBlock(nn.Module):
 class TimestepEmbedSequential(nn.Sequential):
     """``nn.Sequential`` that passes the embedding to :class:`TimestepBlock` children (guided-diffusion)."""
 
-    def forward(self, x: Tensor, emb: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(self, x: Tensor, emb: Tensor) -> Tensor:  # type: ignore[override]  # takes the embedding too
         for layer in self:
             x = layer(x, emb) if isinstance(layer, TimestepBlock) else layer(x)
         return x
@@ -189,7 +190,7 @@ class ResBlock(TimestepBlock):
         norm_out, _, drop, conv_out = self.out_layers
         if self.scale_shift:
             scale, shift = e.chunk(2, dim=1)
-            h = norm_out.modulated(h, scale, shift)
+            h = cast(GroupNorm32, norm_out).modulated(h, scale, shift)
         else:
             h = norm_out(h.add_(e) if inplace else h + e)
         h = conv_out(drop(F.silu(h, inplace=inplace)))
@@ -332,7 +333,8 @@ class UNet(nn.Module):
     def forward(self, x: Tensor, timesteps: Tensor | float) -> Tensor:
         """Apply the network: (B, C, H, W) and (B,) timesteps -> (B, out_channels, H, W)."""
         self._check_input(x)
-        dtype = self.input_blocks[0][0].weight.dtype
+        stem = cast(TimestepEmbedSequential, self.input_blocks[0])
+        dtype = cast(nn.Conv2d, stem[0]).weight.dtype
         t = torch.as_tensor(timesteps, device=x.device)
         if t.ndim == 0:
             t = t.expand(x.shape[0])

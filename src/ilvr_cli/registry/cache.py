@@ -101,7 +101,7 @@ def read_json(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def update_json(path: Path, change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+def update_json(path: Path, change: Callable[[dict[str, Any]], object]) -> dict[str, Any]:
     """Read-modify-write ``path`` under its own lock, so concurrent writers never lose an update."""
     with FileLock(path.with_name(f".{path.name}.lock")):
         data = read_json(path)

@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import IO, Protocol
+from typing import IO, Any, Protocol
 from urllib.error import HTTPError, URLError
 from urllib.parse import urlencode, urljoin, urlsplit
 from urllib.request import HTTPRedirectHandler, OpenerDirector, Request, build_opener
@@ -190,7 +190,9 @@ def _allowed_url(url: str, allow_local: bool) -> bool:
 class _SafeRedirects(HTTPRedirectHandler):
     """Follow redirects only to https (or, from a localhost URL, to localhost): never downgrade to http."""
 
-    def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[no-untyped-def]
+    def redirect_request(
+        self, req: Request, fp: IO[bytes], code: int, msg: str, headers: http.client.HTTPMessage, newurl: str
+    ) -> Request | None:
         local = urlsplit(req.full_url).hostname in LOCAL_HOSTS
         if not _allowed_url(newurl, allow_local=local):
             raise _SourceFailed(f"refused a redirect to the insecure URL {newurl}")
@@ -211,7 +213,10 @@ class _Part:
         if path.exists() and meta.get("source") != source_id:
             path.unlink()  # a leftover from another source: its bytes may belong to a different file
             meta = {}
-        self.meta = {"source": source_id, **{k: meta[k] for k in ("etag", "last_modified") if k in meta}}
+        self.meta: dict[str, Any] = {
+            "source": source_id,
+            **{k: meta[k] for k in ("etag", "last_modified") if k in meta},
+        }
         write_json_atomic(self.meta_path, self.meta)
         self.hasher = hashlib.sha256()
         self.size = 0

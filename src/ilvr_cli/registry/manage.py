@@ -45,6 +45,8 @@ __all__ = [
 ]
 
 State = Literal["builtin", "ready", "downloaded", "partial", "missing"]
+#: Where a :class:`FileInfo`'s sha256 comes from.
+HashTrust = Literal["published", "first-use", "none"]
 
 
 @dataclass(frozen=True)
@@ -64,7 +66,7 @@ class FileInfo:
 
     name: str
     sha256: str | None
-    trust: Literal["published", "first-use", "none"]
+    trust: HashTrust
     size: int | None
     approx_size: int | None
     sources: tuple[Source, ...]
@@ -80,10 +82,10 @@ def _disk_usage(directory: Path) -> int:
 def model_status(spec: ModelSpec, cache_dir: str | Path | None = None) -> ModelStatus:
     """Whether an entry is in the cache (cheap: file existence only, nothing is hashed)."""
     if (builtin := spec.builtin_path) is not None:
-        present = builtin.is_file()
-        size = builtin.stat().st_size if present else 0
+        exists = builtin.is_file()
+        size = builtin.stat().st_size if exists else 0
         return ModelStatus(
-            "builtin" if present else "missing", builtin.parent, builtin if present else None, size
+            "builtin" if exists else "missing", builtin.parent, builtin if exists else None, size
         )
     directory = model_dir(cache_root(cache_dir), spec.name)
     usage = _disk_usage(directory)
@@ -110,10 +112,11 @@ def file_infos(spec: ModelSpec, cache_dir: str | Path | None = None) -> list[Fil
     for top in spec.files:
         for f in top.alternatives():
             recorded = known.get(spec.name, f.name)
-            sha, trust = (f.sha256, "published") if f.sha256 else (None, "none")
+            sha = f.sha256 or None
+            trust: HashTrust = "published" if sha else "none"
             if sha is None and recorded:
                 sha, trust = recorded["sha256"], "first-use"
-            infos.append(FileInfo(f.name, sha, trust, f.size, f.approx_size, f.sources, manifest.get(f.name)))  # type: ignore[arg-type]
+            infos.append(FileInfo(f.name, sha, trust, f.size, f.approx_size, f.sources, manifest.get(f.name)))
     return infos
 
 

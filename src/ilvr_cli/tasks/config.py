@@ -12,7 +12,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 from ilvr_cli.errors import UsageError
 
@@ -139,6 +139,6 @@ class TaskConfig:
             if not 0 <= stop <= start:
                 raise UsageError(f"--range needs 0 <= T_STOP <= T_START, got {start}:{stop}")
 
-    def replace(self, **changes: object) -> TaskConfig:
+    def replace(self, **changes: Any) -> TaskConfig:
         """A copy with ``changes`` (validated again)."""
-        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+        return dataclasses.replace(self, **changes)

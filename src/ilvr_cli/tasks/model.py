@@ -8,7 +8,6 @@ usage error costs no download and no load.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,7 +55,7 @@ def _diffusers_size(folder: Path) -> int | None:
     return None
 
 
-def probe_model(name: str, cache_dir: str | os.PathLike[str] | None = None) -> ModelProbe:
+def probe_model(name: str, cache_dir: str | Path | None = None) -> ModelProbe:
     """A catalog name, a checkpoint file or a diffusers folder; unknown ones raise a :class:`UsageError`
     (the closest catalog names suggested), before anything is downloaded or loaded."""
     catalog = load_catalog(cache_dir)
@@ -110,7 +109,7 @@ def _converted_sha256(path: Path) -> str:
 def load_task_model(
     probe: ModelProbe,
     *,
-    cache_dir: str | os.PathLike[str] | None = None,
+    cache_dir: str | Path | None = None,
     offline: bool | None = None,
     download_progress: DownloadProgress | None = None,
 ) -> PreparedModel:

@@ -218,6 +218,7 @@ def resolve_settings(config: TaskConfig, model: ModelProbe, num_timesteps: int |
             t_range, sources["range"] = catalog_range, "catalog"
         else:
             t_range, sources["range"] = task_preset.t_range(t_count), "preset"
+        assert t_range is not None, "every preset with a factor has a range_fraction"
         t_range = (min(t_range[0], t_count), min(t_range[1], t_count + 1))
     return Settings(factor, t_range, steps, sources)
 

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ilvr_cli.errors import InputError
-from ilvr_cli.ilvr.lowpass import LowPass, resize_matrix
+from ilvr_cli.ilvr.lowpass import Kernel, LowPass, resize_matrix
 from ilvr_cli.io.load import ImageData
 from ilvr_cli.io.scan import IMAGE_EXTENSIONS
 
@@ -99,7 +99,7 @@ def upscale_reference(
     factor: int | None,
     default_factor: int,
     fit: str,
-    kernel: str,
+    kernel: Kernel,
 ) -> Reference:
     """The thumbnail l = down_N(y) for ``ilvr upscale`` (module docstring: inferred N, Table A, --fit)."""
     h, w = data.size

@@ -87,17 +87,19 @@ def resize_center_crop(image: Image.Image, size: int) -> Image.Image:
     """Resize the short side to ``size`` and crop the centre (guided-diffusion ``center_crop_arr``):
     box-filter halvings while the image is at least twice the size, then one bicubic resize."""
     while min(image.size) >= 2 * size:
-        image = image.resize(tuple(s // 2 for s in image.size), resample=Image.Resampling.BOX)
+        width, height = image.size
+        image = image.resize((width // 2, height // 2), resample=Image.Resampling.BOX)
     scale = size / min(image.size)
-    image = image.resize(tuple(round(s * scale) for s in image.size), resample=Image.Resampling.BICUBIC)
+    width, height = image.size
+    image = image.resize((round(width * scale), round(height * scale)), resample=Image.Resampling.BICUBIC)
     left, top = (image.size[0] - size) // 2, (image.size[1] - size) // 2
     return image.crop((left, top, left + size, top + size))
 
 
 def load_image(path: Path, size: int, channels: int) -> torch.Tensor:
     """(channels, size, size) float32 in [-1, 1]."""
-    with Image.open(path) as image:
-        image = image.convert("RGB" if channels == 3 else "L")
+    with Image.open(path) as opened:
+        image = opened.convert("RGB" if channels == 3 else "L")
     array = np.asarray(resize_center_crop(image, size), dtype=np.float32) / 127.5 - 1.0
     tensor = torch.from_numpy(array)
     return tensor.permute(2, 0, 1).contiguous() if tensor.ndim == 3 else tensor[None]

@@ -32,7 +32,7 @@ class EMA:
     def update(self, model: nn.Module, update: int) -> None:
         """Move the shadow weights towards ``model``'s (the same architecture, unwrapped from DDP)."""
         weight = 1.0 - self.decay_at(update)
-        shadow = [p for p in self.shadow.parameters()]
+        shadow: list[torch.Tensor] = [p for p in self.shadow.parameters()]
         params = [p.detach() for p in model.parameters()]
         torch._foreach_lerp_(shadow, params, weight)
         for b_shadow, b_model in zip(self.shadow.buffers(), model.buffers(), strict=True):

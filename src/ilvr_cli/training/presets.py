@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from ilvr_cli.config import DEFAULT_CHANNEL_MULT, DiffusionConfig, UNetConfig
+from ilvr_cli.config import DEFAULT_CHANNEL_MULT, DiffusionConfig, UNetConfig, VarianceType
 from ilvr_cli.errors import IlvrError, UsageError
 
 __all__ = [
@@ -44,7 +44,7 @@ RESUMABLE_FIELDS = frozenset(
 )  # fmt: skip
 
 
-def _channel_mult(image_size: int) -> tuple[int, ...]:
+def _channel_mult(image_size: int) -> tuple[float, ...]:
     if image_size not in DEFAULT_CHANNEL_MULT:
         raise UsageError(
             f"no preset channel_mult for image size {image_size} (presets know "
@@ -70,7 +70,7 @@ def ddpm_config(image_size: int = 256, learn_sigma: bool = False) -> tuple[UNetC
         time_embed_freq_shift=1.0,
         downsample_padding="tf_same",
     )
-    variance = "learned_range" if learn_sigma else "fixed_large"
+    variance: VarianceType = "learned_range" if learn_sigma else "fixed_large"
     return unet, DiffusionConfig(schedule="linear", num_timesteps=1000, variance_type=variance)
 
 
@@ -111,7 +111,7 @@ def _with_learn_sigma(
     if learn_sigma == unet.learn_sigma:
         return unet, diffusion
     out = unet.in_channels * (2 if learn_sigma else 1)
-    variance = "learned_range" if learn_sigma else "fixed_large"
+    variance: VarianceType = "learned_range" if learn_sigma else "fixed_large"
     return dataclasses.replace(unet, out_channels=out), dataclasses.replace(diffusion, variance_type=variance)
 
 

@@ -14,6 +14,7 @@ import torch
 
 from ilvr_cli.config import DiffusionConfig
 from ilvr_cli.diffusion import Denoiser, NoiseSource, sample
+from ilvr_cli.diffusion.sampler import Method
 from ilvr_cli.io.grid import make_grid
 from ilvr_cli.io.write import save_png
 
@@ -33,7 +34,7 @@ def sample_images(
 ) -> torch.Tensor:
     """``count`` unconditional samples (count, C, H, W) in [-1, 1]; ``steps`` "ddimN" runs DDIM (eta 0)
     on N steps, any other respacing spec ("50", "25,25") runs DDPM ancestral sampling."""
-    method = "ddim" if steps.startswith("ddim") else "ddpm"
+    method: Method = "ddim" if steps.startswith("ddim") else "ddpm"
     denoiser = Denoiser.from_loaded(network, diffusion, steps=steps)
     noise = NoiseSource(seed, [f"grid/{k}" for k in range(count)], device=device)
     was_training = network.training

@@ -225,9 +225,9 @@ class _Trainer:
         torch.manual_seed(derive_seed(c.seed, "init"))
         model = UNet(c.unet)
         if c.init_from and load_init:
-            self._load_init(model)
+            self._load_init(model, c.init_from)
         memory = torch.channels_last if c.channels_last else torch.preserve_format
-        self.model = model.to(self.device, memory_format=memory).train()
+        self.model = model.to(self.device, memory_format=memory).train()  # type: ignore[call-overload]  # Module.to takes both; its stubs' overloads don't
         self.ema = EMA(self.model, c.ema_decay, c.ema_warmup)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=c.lr, weight_decay=c.weight_decay)
         self.scaler = _grad_scaler() if c.precision == "fp16" else None
@@ -244,11 +244,11 @@ class _Trainer:
                 "the network cannot carry mean colours well; use fewer groups (e.g. width / 4)"
             )
 
-    def _load_init(self, model: UNet) -> None:
+    def _load_init(self, model: UNet, init_from: str) -> None:
         """Fine-tuning: the weights of a catalog model or checkpoint (its architecture must match)."""
         from ilvr_cli.registry import load_model
 
-        loaded = load_model(self.config.init_from, cache_dir=self.cache_dir)
+        loaded = load_model(init_from, cache_dir=self.cache_dir)
         expected = dataclasses.replace(self.config.unet, dropout=0.0)
         if dataclasses.replace(loaded.unet_config, dropout=0.0) != expected:
             differences = [
@@ -257,7 +257,7 @@ class _Trainer:
                 if f.name != "dropout" and getattr(loaded.unet_config, f.name) != getattr(expected, f.name)
             ]
             raise CheckpointError(
-                f"--init-from {self.config.init_from}: its architecture differs from the training config "
+                f"--init-from {init_from}: its architecture differs from the training config "
                 f"({'; '.join(differences)}); leave out --preset to train its own architecture"
             )
         model.load_state_dict(loaded.network.state_dict(), strict=True)
