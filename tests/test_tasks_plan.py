@@ -60,7 +60,9 @@ def test_presets_follow_the_paper() -> None:
 def test_catalog_range_t_means_the_reference_codes_steps(tmp_path: Path, inputs: Path) -> None:
     """ffhq's catalog suggests range_t = 20 at 100 steps (ilvr_adm): the same steps are refined."""
     plan = plan_task(
-        config(task="translate", model="ffhq", input=str(inputs), cache_dir=tmp_path, device="cpu")
+        config(
+            task="translate", model="ffhq", input=str(inputs), cache_dir=tmp_path, device="cpu", fit="resize"
+        )
     )
     assert plan.settings.factor == 32 and plan.settings.sources["factor"] == "catalog"
     assert plan.settings.steps == "100" and plan.settings.sources["range"] == "catalog"
@@ -77,18 +79,21 @@ def test_options_win_over_catalog_and_preset(tmp_path: Path, inputs: Path) -> No
             model="ffhq",
             input=str(inputs),
             cache_dir=tmp_path,
-            factor=16,
+            factor=64,
             t_range=(1000, 300),
             steps="50",
             device="cpu",
+            fit="resize",  # the 8x8 inputs are refused for a 256 model without it
         )
     )
-    assert (plan.settings.factor, plan.settings.t_range, plan.settings.steps) == (16, (1000, 300), "50")
+    assert (plan.settings.factor, plan.settings.t_range, plan.settings.steps) == (64, (1000, 300), "50")
     assert set(plan.settings.sources.values()) == {"option"}
 
 
 def test_a_path_model_uses_the_preset(model_path: Path, inputs: Path) -> None:
-    plan = plan_task(config(task="paint2img", model=str(model_path), input=str(inputs), device="cpu"))
+    plan = plan_task(
+        config(task="paint2img", model=str(model_path), input=str(inputs), device="cpu", fit="resize")
+    )
     assert plan.model.image_size == SIZE
     assert (plan.settings.factor, plan.settings.t_range, plan.settings.steps) == (32, (1000, 500), "100")
     assert plan.settings.sources["factor"] == "preset"

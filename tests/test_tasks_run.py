@@ -16,6 +16,7 @@ from PIL import Image
 
 from ilvr_cli import __version__
 from ilvr_cli.diffusion import Denoiser, NoiseSource, sample
+from ilvr_cli.errors import UsageError
 from ilvr_cli.ilvr import ILVRHook, LowPass
 from ilvr_cli.io.manifest import read_records
 from ilvr_cli.io.write import read_png_params, to_uint8
@@ -169,8 +170,9 @@ def test_full_reference_tasks_follow_the_reference(model_path: Path, tmp_path: P
 
 def test_fit_brings_other_sizes_to_the_model(model_path: Path, tmp_path: Path) -> None:
     write_png(tmp_path / "in" / "wide.png", np.asarray(Image.fromarray(smooth_image(2, 64)).resize((64, 40))))
-    refused = run(model_path, "translate", tmp_path / "in", tmp_path / "a", steps="5")
-    assert "use --fit" in refused.failed[0].error
+    with pytest.raises(UsageError, match="no input can be used: wide.png: 64x40 .* use --fit"):
+        run(model_path, "translate", tmp_path / "in", tmp_path / "a", steps="5")
+    assert not (tmp_path / "a").exists()  # refused before the model loads: nothing created
     for policy in ("crop", "resize", "pad"):
         result = run(model_path, "translate", tmp_path / "in", tmp_path / policy, fit=policy, steps="5")
         assert result.done == ["wide.png"] and read_pixels(tmp_path / policy / "wide.png").shape == (
@@ -310,8 +312,11 @@ def test_bad_files_fail_alone(model_path: Path, tmp_path: Path) -> None:
 
 def test_an_image_too_small_for_n_is_refused_with_fit(model_path: Path, tmp_path: Path) -> None:
     write_png(tmp_path / "in" / "tiny.png", smooth_image(0, 3))
-    result = run(model_path, "translate", tmp_path / "in", tmp_path / "out", fit="crop", factor=4)
-    assert "too small for N=4" in result.failed[0].error
+    with pytest.raises(UsageError, match="too small for N=4"):
+        run(model_path, "translate", tmp_path / "in", tmp_path / "out", fit="crop", factor=4)
+    write_png(tmp_path / "in" / "fine.png", smooth_image(0, 16))  # one usable input: the run goes on
+    result = run(model_path, "translate", tmp_path / "in", tmp_path / "out", fit="crop", factor=4, steps="3")
+    assert result.done == ["fine.png"] and "too small for N=4" in result.failed[0].error
 
 
 # --------------------------------------------------------------------------------------------- outputs

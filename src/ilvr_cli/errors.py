@@ -32,5 +32,9 @@ class DownloadError(IlvrError):
     """A download failed on every source, or a file failed its integrity check."""
 
 
+class OutputError(IlvrError):
+    """Results cannot be written (disk full, read-only file system, no permission); what was written stays."""
+
+
 class OfflineError(DownloadError):
     """A file is needed but ``ILVR_OFFLINE=1`` forbids the network."""

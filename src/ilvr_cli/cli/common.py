@@ -19,7 +19,7 @@ from rich.progress import (
 )
 
 from ilvr_cli.cli.exit_codes import ExitCode
-from ilvr_cli.errors import CheckpointError, DownloadError, IlvrError, InputError, UsageError
+from ilvr_cli.errors import CheckpointError, DownloadError, IlvrError, InputError, OutputError, UsageError
 
 #: Results go to stdout (so ``--json`` output can be piped); progress, warnings and errors to stderr.
 out = Console()
@@ -55,6 +55,8 @@ def exit_code_for(error: BaseException) -> ExitCode:
         return ExitCode.BAD_INPUT
     if isinstance(error, DownloadError):
         return ExitCode.DOWNLOAD
+    if isinstance(error, OutputError):
+        return ExitCode.OUTPUT
     if isinstance(error, IlvrError):
         return ExitCode.BAD_INPUT
     return ExitCode.INTERNAL

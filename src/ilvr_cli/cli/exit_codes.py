@@ -17,6 +17,8 @@ class ExitCode(IntEnum):
     BAD_INPUT = 3
     #: A download failed, or the network was needed while ``ILVR_OFFLINE=1``.
     DOWNLOAD = 4
+    #: Results could not be written (disk full, read-only, no permission); finished results are kept.
+    OUTPUT = 5
     #: Any other error (a bug: please report it with the traceback from ``--debug``).
     INTERNAL = 70
     #: Interrupted by Ctrl-C (128 + SIGINT), as shells report it.

@@ -290,6 +290,10 @@ def _execute(config: TaskConfig, quiet: bool, as_json: bool) -> None:
     display = RichTaskProgress(quiet)
     try:
         result = run_task(config, cast("TaskProgress", display))  # duck-typed: see RichTaskProgress
+    except KeyboardInterrupt:
+        display.stop()
+        err.print("[yellow]interrupted:[/] finished results are kept; rerun the same command to continue")
+        raise typer.Exit(ExitCode.INTERRUPTED) from None
     finally:
         display.stop()
     if _is_main_rank():

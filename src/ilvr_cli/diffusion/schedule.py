@@ -74,6 +74,8 @@ def _ddim_steps(num_timesteps: int, spec: str) -> list[int]:
         desired = int(spec[len("ddim") :])
     except ValueError:
         raise UsageError(f"bad timestep respacing {spec!r}: {RESPACING_HELP}") from None
+    if desired < 1:
+        raise UsageError(f"{spec!r} keeps no step: give at least 1 (e.g. ddim50)")
     for stride in range(1, num_timesteps):
         if len(range(0, num_timesteps, stride)) == desired:
             return list(range(0, num_timesteps, stride))

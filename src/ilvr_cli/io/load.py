@@ -16,6 +16,7 @@ bombs: the size is checked from the header, before anything is decoded).
 from __future__ import annotations
 
 import os
+import stat
 import struct
 import warnings
 import zlib
@@ -50,10 +51,25 @@ class ImageData:
         return int(self.pixels.shape[0]), int(self.pixels.shape[1])
 
 
-def _open(path: Path, max_pixels: int) -> Image.Image:
-    """Open lazily (header only), check format and pixel count, then decode."""
-    if path.stat().st_size == 0:
+def _check_regular_file(path: Path) -> None:
+    """A readable regular file: a dangling or looping symlink, a folder, a FIFO or a device is refused
+    (a FIFO would block the run; /proc files report 0 bytes but are not empty)."""
+    try:
+        info = path.stat()
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        if os.path.islink(path):
+            reason = f"broken symlink ({reason})"
+        raise InputError(f"{path}: cannot read it: {reason}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise InputError(f"{path}: not a regular file (a folder, FIFO, socket or device)")
+    if info.st_size == 0:
         raise InputError(f"{path}: empty file (0 bytes)")
+
+
+def _open_header(path: Path, max_pixels: int) -> Image.Image:
+    """Open lazily (header only) and check the format and the pixel count; nothing is decoded."""
+    _check_regular_file(path)
     try:
         image = Image.open(path)
     except Image.DecompressionBombError as error:
@@ -75,7 +91,14 @@ def _open(path: Path, max_pixels: int) -> Image.Image:
             f"{max_pixels / 1e6:.0f} megapixel limit (decompression-bomb guard); shrink it first or raise the limit"
         )
     if width < 1 or height < 1:
+        image.close()
         raise InputError(f"{path}: image has no pixels ({width}x{height})")
+    return image
+
+
+def _open(path: Path, max_pixels: int) -> Image.Image:
+    """Open (header checks of :func:`_open_header`), then decode."""
+    image = _open_header(path, max_pixels)
     try:
         image.load()
     except _DECODE_ERRORS as error:
@@ -127,6 +150,24 @@ def to_rgb_float(image: Image.Image, background: float = 1.0) -> np.ndarray:
     if mode != "RGB":
         image = image.convert("RGB")  # CMYK, YCbCr, LAB, HSV, RGBX
     return np.asarray(image, dtype=np.float32) / 255.0
+
+
+def read_image_size(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
+    """(height, width) of the image as it will be read (EXIF rotation applied), from its header only:
+    the checks that need no pixels, for planning before a model is loaded. Same errors as :func:`load_image`."""
+    p = Path(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        image = _open_header(p, max_pixels)
+        try:
+            width, height = image.size
+            try:
+                orientation = image.getexif().get(0x0112, 1)  # EXIF Orientation
+            except Exception:  # noqa: BLE001 - malformed EXIF is ignored on reading too
+                orientation = 1
+        finally:
+            image.close()
+    return (width, height) if orientation in (5, 6, 7, 8) else (height, width)
 
 
 def load_image(

@@ -52,6 +52,8 @@ class InputSet:
     kind: InputKind
     items: tuple[InputItem, ...]
     ignored: tuple[Path, ...] = field(default=())
+    #: Folders that could not be listed (permission denied, ...): named in a warning, the rest still runs.
+    unreadable: tuple[Path, ...] = field(default=())
 
     def __len__(self) -> int:
         return len(self.items)
@@ -101,17 +103,38 @@ def _classify(
     return tuple(items), tuple(sorted(ignored))
 
 
-def _walk(folder: Path) -> list[Path]:
+def _holds_manifest(folder: Path) -> bool:
+    try:
+        return (folder / MANIFEST_NAME).is_file()
+    except OSError:  # unreadable: os.walk reports it when it tries to list it
+        return False
+
+
+def _walk(folder: Path) -> tuple[list[Path], list[Path]]:
     """Every file under ``folder``, following no symlinked folders (no cycles), skipping hidden folders and
-    subfolders that hold an ilvr manifest (the outputs of earlier runs, e.g. ``photos/a-upscale/``)."""
+    subfolders that hold an ilvr manifest (the outputs of earlier runs, e.g. ``photos/a-upscale/``); and
+    the folders that could not be listed."""
     found: list[Path] = []
-    for directory, subdirs, files in os.walk(folder):
+    unreadable: list[Path] = []
+
+    def report(error: OSError) -> None:
+        unreadable.append(Path(error.filename) if error.filename else folder)
+
+    for directory, subdirs, files in os.walk(folder, onerror=report):
         here = Path(directory)
-        subdirs[:] = [
-            d for d in subdirs if not d.startswith(".") and not (here / d / MANIFEST_NAME).is_file()
-        ]
+        subdirs[:] = [d for d in subdirs if not d.startswith(".") and not _holds_manifest(here / d)]
         found.extend(here / name for name in files)
-    return found
+    return found, unreadable
+
+
+def _under_symlinked_folder(path: Path, root: Path) -> bool:
+    """True when a folder between ``root`` and ``path`` is a symlink: ``**`` would follow it, possibly
+    round a loop (the folder walk follows none either)."""
+    try:
+        parents = path.absolute().relative_to(root).parents
+    except ValueError:
+        return False
+    return any((root / parent).is_symlink() for parent in parents if parent != Path("."))
 
 
 def scan_inputs(spec: str | os.PathLike[str], exclude: str | os.PathLike[str] | None = None) -> InputSet:
@@ -129,14 +152,18 @@ def scan_inputs(spec: str | os.PathLike[str], exclude: str | os.PathLike[str] | 
         root = path.absolute().parent
         item = InputItem(path.absolute(), PurePosixPath(path.name))
         return InputSet(text, root, "file", (item,))
+    unreadable: list[Path] = []
     if path.is_dir():
         root = path.absolute()
-        items, ignored = _classify(_walk(root), root, excluded)
+        files, unreadable = _walk(root)
+        items, ignored = _classify(files, root, excluded)
         kind: InputKind = "folder"
     elif is_glob(text):
         root = glob_root(os.path.expanduser(text)).absolute()
         matches = [Path(p) for p in glob.glob(os.path.expanduser(text), recursive=True)]
-        items, ignored = _classify([p for p in matches if p.is_file()], root, excluded)
+        if "**" in text:
+            matches = [p for p in matches if not _under_symlinked_folder(p, root)]
+        items, ignored = _classify([p for p in matches if p.is_file() or p.is_symlink()], root, excluded)
         kind = "glob"
     else:
         raise UsageError(f"input {text} does not exist")
@@ -145,4 +172,4 @@ def scan_inputs(spec: str | os.PathLike[str], exclude: str | os.PathLike[str] | 
         raise UsageError(
             f"no image {what} {text} (extensions: {', '.join(sorted(e[1:] for e in IMAGE_EXTENSIONS))})"
         )
-    return InputSet(text, root, kind, items, ignored)
+    return InputSet(text, root, kind, items, ignored, tuple(sorted(set(unreadable))))

@@ -8,6 +8,7 @@ imports neither torch nor numpy.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -132,8 +133,8 @@ class TaskConfig:
                 raise UsageError(f"{what} must be at least {low}, got {value}")
         if self.factor is not None and self.factor < 1:
             raise UsageError(f"--factor must be a positive integer, got {self.factor}")
-        if self.eta < 0:
-            raise UsageError(f"--eta must be >= 0, got {self.eta}")
+        if not math.isfinite(self.eta) or self.eta < 0:
+            raise UsageError(f"--eta must be a finite number >= 0 (0 = deterministic DDIM), got {self.eta}")
         if self.t_range is not None:
             start, stop = self.t_range
             if not 0 <= stop <= start:

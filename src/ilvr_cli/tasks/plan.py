@@ -18,7 +18,8 @@ from typing import Any
 import torch
 
 from ilvr_cli.diffusion.schedule import space_timesteps
-from ilvr_cli.errors import UsageError
+from ilvr_cli.errors import InputError, UsageError
+from ilvr_cli.io.load import read_image_size
 from ilvr_cli.io.manifest import MANIFEST_NAME
 from ilvr_cli.io.scan import InputItem, InputSet, glob_root, is_glob, scan_inputs
 from ilvr_cli.tasks.config import TaskConfig
@@ -26,6 +27,7 @@ from ilvr_cli.tasks.device import autocast_dtype, resolve_device
 from ilvr_cli.tasks.distributed import dist_info
 from ilvr_cli.tasks.model import ModelProbe, probe_model
 from ilvr_cli.tasks.presets import DEFAULT_STEPS, preset
+from ilvr_cli.tasks.reference import full_size_check, upscale_factor
 
 #: Assumed until the model says otherwise (all published ILVR models use T = 1000).
 DEFAULT_NUM_TIMESTEPS = 1000
@@ -78,6 +80,8 @@ class TaskPlan:
     units: tuple[WorkUnit, ...]
     device: torch.device
     autocast: torch.dtype | None
+    #: N per input label, from the image headers (empty when the model's size is not known yet).
+    input_factors: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def manifest_path(self) -> Path:
@@ -195,9 +199,11 @@ def resolve_settings(config: TaskConfig, model: ModelProbe, num_timesteps: int |
         else (DEFAULT_STEPS, "preset")
     )
     try:
-        space_timesteps(t_count, steps)
+        kept = space_timesteps(t_count, steps)
     except UsageError as error:
         raise UsageError(f"--steps {steps}: {error}") from None
+    if not kept:
+        raise UsageError(f"--steps {steps} keeps no sampling step; give at least 1 (e.g. 100, or ddim50)")
 
     factor: int | None = None
     t_range: tuple[int, int] | None = None
@@ -223,6 +229,64 @@ def resolve_settings(config: TaskConfig, model: ModelProbe, num_timesteps: int |
     return Settings(factor, t_range, steps, sources)
 
 
+def input_factors(
+    config: TaskConfig, inputs: InputSet | None, model: ModelProbe, settings: Settings
+) -> dict[str, int]:
+    """N for each input, from its header (size and format only): the checks of
+    :mod:`~ilvr_cli.tasks.reference` that need no pixels and no model. An input that fails them is left
+    out (it fails alone when the run reads it); if every input fails, nothing could run: a
+    :class:`UsageError` before any model is loaded or OUTPUT is created."""
+    if inputs is None or model.image_size is None or settings.factor is None:
+        return {}
+    size, factors, errors = model.image_size, {}, []
+    for item in inputs.items:
+        label = item.rel.as_posix()
+        try:
+            h, w = read_image_size(item.path, max_pixels=config.max_pixels)
+            if config.task == "upscale":
+                factors[label] = upscale_factor(
+                    label,
+                    h,
+                    w,
+                    model_size=size,
+                    factor=config.factor,
+                    default_factor=settings.factor,
+                    fit=config.fit,
+                )
+            else:
+                full_size_check(label, h, w, model_size=size, factor=settings.factor, fit=config.fit)
+                factors[label] = settings.factor
+        except InputError as error:
+            errors.append(str(error))
+    if errors and not factors:
+        more = f" (and {len(errors) - 1} more input(s) that cannot be used either)" if len(errors) > 1 else ""
+        raise UsageError(f"no input can be used: {errors[0]}{more}")
+    return factors
+
+
+def recipe(
+    config: TaskConfig, model_name: str, settings: Settings, device: torch.device, factor: int | None
+) -> dict[str, Any]:
+    """The recorded values that decide an output's pixels (:data:`~ilvr_cli.tasks.outputs.RECIPE_FIELDS`),
+    as the output's PNG and manifest line record them."""
+    conditioned = config.task != "sample"
+    return {
+        "task": config.task,
+        "model": model_name,
+        "seed": config.seed,
+        "steps": settings.steps,
+        "factor": factor if conditioned else None,
+        "kernel": config.kernel if conditioned else None,
+        "exact": config.exact if conditioned else None,
+        "range": list(settings.t_range) if conditioned and settings.t_range else None,
+        "sampler": config.method,
+        "eta": config.eta if config.method == "ddim" else None,
+        "precision": config.precision,
+        "device": device.type,
+        "fit": config.fit if conditioned else None,
+    }
+
+
 def plan_task(config: TaskConfig, model: ModelProbe | None = None) -> TaskPlan:
     """Check everything that needs no model (module docstring) and list the samples to make.
 
@@ -245,4 +309,5 @@ def plan_task(config: TaskConfig, model: ModelProbe | None = None) -> TaskPlan:
     device = resolve_device(config.device, dist_info().local_rank)
     autocast = autocast_dtype(config.precision, device)
     units = build_units(config, inputs)
-    return TaskPlan(config, inputs, output, model, settings, units, device, autocast)
+    factors = input_factors(config, inputs, model, settings)
+    return TaskPlan(config, inputs, output, model, settings, units, device, autocast, factors)

@@ -71,7 +71,7 @@ def fit_pixels(pixels: np.ndarray, size: int, policy: str, fill: float = 1.0) ->
         top, left = (size - nh) // 2, (size - nw) // 2
         canvas[top : top + nh, left : left + nw] = scaled
         return canvas
-    raise InputError(f"{h}x{w} does not fit {size}x{size} without --fit")
+    raise InputError(f"{w}x{h} does not fit {size}x{size} without --fit")
 
 
 def to_tensor(pixels: np.ndarray) -> torch.Tensor:
@@ -86,9 +86,51 @@ def _fit_hint(size: int) -> str:
 def _check_not_too_small(label: str, h: int, w: int, needed: int, factor: int) -> None:
     if min(h, w) < needed:
         raise InputError(
-            f"{label}: {h}x{w} is too small for N={factor}: the filter keeps a {needed}x{needed} "
+            f"{label}: {w}x{h} is too small for N={factor}: the filter keeps a {needed}x{needed} "
             "thumbnail, more than the image has; use a larger --factor or a larger image"
         )
+
+
+def upscale_factor(
+    label: str, height: int, width: int, *, model_size: int, factor: int | None, default_factor: int, fit: str
+) -> int:
+    """The N that ``ilvr upscale`` uses for an input of ``height`` x ``width`` (module docstring): the
+    option's or the default for a model-size reference, model size / input size for a thumbnail, the
+    option's or the default after ``--fit``. Raises :class:`InputError` for a size that cannot be used.
+    Needs only the image's size, so it runs on headers before any model is loaded."""
+    h, w = height, width
+    if h == w == model_size:
+        return factor or default_factor
+    if h == w and h < model_size and model_size % h == 0:
+        inferred = model_size // h
+        if factor is not None and factor != inferred:
+            raise InputError(
+                f"{label}: {w}x{h} is the input size for N={inferred} on this {model_size}x{model_size} "
+                f"model, but --factor {factor} needs {model_size // factor}x{model_size // factor} "
+                f"(or {model_size}x{model_size} to shrink); drop --factor or use --fit"
+            )
+        return inferred
+    n = factor or default_factor
+    if fit == "none":
+        raise InputError(
+            f"{label}: upscale needs square inputs whose size divides {model_size} (e.g. "
+            f"{model_size // 8}x{model_size // 8} for N=8) or {model_size}x{model_size}, got {w}x{h}; "
+            + _fit_hint(model_size // n)
+        )
+    _check_not_too_small(label, h, w, model_size // n, n)
+    return n
+
+
+def full_size_check(label: str, height: int, width: int, *, model_size: int, factor: int, fit: str) -> None:
+    """Raise :class:`InputError` if a full-resolution reference of this size cannot be used (needs only
+    the size: runs on headers before any model is loaded)."""
+    if (height, width) != (model_size, model_size):
+        if fit == "none":
+            raise InputError(
+                f"{label}: {width}x{height} but the model is {model_size}x{model_size}; "
+                + _fit_hint(model_size)
+            )
+        _check_not_too_small(label, height, width, model_size // factor, factor)
 
 
 def upscale_reference(
@@ -103,30 +145,15 @@ def upscale_reference(
 ) -> Reference:
     """The thumbnail l = down_N(y) for ``ilvr upscale`` (module docstring: inferred N, Table A, --fit)."""
     h, w = data.size
+    n = upscale_factor(
+        label, h, w, model_size=model_size, factor=factor, default_factor=default_factor, fit=fit
+    )
     if h == w == model_size:
-        n = factor or default_factor
         y = to_tensor(data.pixels).unsqueeze(0)
-        thumb = LowPass(model_size, model_size, n, kernel).down(y)[0]
-        return Reference(thumb, n, True)
-    if h == w and h < model_size and model_size % h == 0:
-        inferred = model_size // h
-        if factor is not None and factor != inferred:
-            raise InputError(
-                f"{label}: {h}x{w} is the input size for N={inferred} on this {model_size}x{model_size} "
-                f"model, but --factor {factor} needs {model_size // factor}x{model_size // factor} "
-                f"(or {model_size}x{model_size} to shrink); drop --factor or use --fit"
-            )
-        return Reference(to_tensor(data.pixels), inferred, True)
-    if fit == "none":
-        raise InputError(
-            f"{label}: upscale needs square inputs whose size divides {model_size} (e.g. "
-            f"{model_size // 8}x{model_size // 8} for N=8) or {model_size}x{model_size}, got {h}x{w}; "
-            + _fit_hint(model_size // (factor or default_factor))
-        )
-    n = factor or default_factor
-    target = model_size // n
-    _check_not_too_small(label, h, w, target, n)
-    return Reference(to_tensor(fit_pixels(data.pixels, target, fit)), n, True)
+        return Reference(LowPass(model_size, model_size, n, kernel).down(y)[0], n, True)
+    if (h, w) == (model_size // n, model_size // n):
+        return Reference(to_tensor(data.pixels), n, True)
+    return Reference(to_tensor(fit_pixels(data.pixels, model_size // n, fit)), n, True)
 
 
 def full_reference(
@@ -141,12 +168,7 @@ def full_reference(
     """The reference y at model size (``translate``, ``paint2img``, ``edit``), and the edit mask, fitted
     with the same policy so they stay aligned."""
     h, w = data.size
-    if (h, w) != (model_size, model_size):
-        if fit == "none":
-            raise InputError(
-                f"{label}: {h}x{w} but the model is {model_size}x{model_size}; " + _fit_hint(model_size)
-            )
-        _check_not_too_small(label, h, w, model_size // factor, factor)
+    full_size_check(label, h, w, model_size=model_size, factor=factor, fit=fit)
     pixels = fit_pixels(data.pixels, model_size, fit)
     mask_tensor = None
     if mask is not None:
@@ -163,7 +185,7 @@ def _fit_mask(
         return np.ascontiguousarray(mask, dtype=np.float32)
     if size != image_size:
         raise InputError(
-            f"{label}: its mask is {size[0]}x{size[1]}, neither the image's {image_size[0]}x{image_size[1]} "
+            f"{label}: its mask is {size[1]}x{size[0]}, neither the image's {image_size[1]}x{image_size[0]} "
             f"nor the model's {model_size}x{model_size}"
         )
     return np.ascontiguousarray(

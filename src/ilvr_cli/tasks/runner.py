@@ -22,7 +22,7 @@ import torch
 
 from ilvr_cli import __version__
 from ilvr_cli.diffusion import Denoiser, NoiseSource, sample_steps
-from ilvr_cli.errors import IlvrError, InputError, UsageError
+from ilvr_cli.errors import IlvrError, InputError, OutputError, UsageError
 from ilvr_cli.ilvr import ILVRHook, LowPass, MaskedILVRHook
 from ilvr_cli.io.grid import make_grid
 from ilvr_cli.io.load import load_image, load_mask
@@ -37,7 +37,15 @@ from ilvr_cli.tasks.distributed import (
     teardown_distributed,
 )
 from ilvr_cli.tasks.model import ModelProbe, PreparedModel, load_task_model
-from ilvr_cli.tasks.plan import Settings, TaskPlan, WorkUnit, plan_task, resolve_settings
+from ilvr_cli.tasks.outputs import (
+    UNKNOWN,
+    OutputLock,
+    check_existing_outputs,
+    lock_output,
+    remove_stale_temporaries,
+    repair_manifest,
+)
+from ilvr_cli.tasks.plan import Settings, TaskPlan, WorkUnit, plan_task, recipe, resolve_settings
 from ilvr_cli.tasks.progress import RunStart, TaskProgress
 from ilvr_cli.tasks.reference import Reference, find_mask, full_reference, upscale_reference
 from ilvr_cli.tasks.result import Failure, TaskResult
@@ -91,6 +99,17 @@ def to_pixels(x: torch.Tensor) -> np.ndarray:
     return ((x.detach().float().cpu().clamp(-1.0, 1.0) + 1.0) / 2.0).permute(1, 2, 0).numpy()
 
 
+def _reported_settings(plan: TaskPlan) -> dict[str, Any]:
+    """The settings a summary reports: for ``upscale``, the N the inputs actually get (model size / input
+    size for thumbnails), not only the default for model-size references."""
+    settings = plan.settings.to_dict()
+    used = sorted(set(plan.input_factors.values()))
+    if used and used != [plan.settings.factor]:
+        settings["factor"] = used[0] if len(used) == 1 else used
+        settings["sources"] = {**settings["sources"], "factor": "input (model size / input size)"}
+    return settings
+
+
 @dataclass
 class _Batch:
     units: list[WorkUnit] = field(default_factory=list)
@@ -117,7 +136,7 @@ class _Run:
             self.out,
             plan.manifest_path,
             world_size=info.world_size,
-            settings=plan.settings.to_dict(),
+            settings=_reported_settings(plan),
         )
         self.remaining: dict[str, int] = {}
         self.outputs: dict[str, list[Path]] = {}
@@ -126,8 +145,40 @@ class _Run:
         self.lowpass: dict[int, LowPass] = {}
         self.denoiser: Denoiser | None = None
         self.size = 0
+        self.lock: OutputLock | None = None
+        self.factors_used: set[int] = set()
 
     # ------------------------------------------------------------------ plan -> pending work
+    def _planned_recipe(self, unit: WorkUnit) -> dict[str, Any]:
+        """What this run will record for ``unit`` (the fields a rerun compares), before the model loads."""
+        factor: Any = None
+        if unit.item is not None:
+            factor = self.plan.input_factors.get(unit.label, UNKNOWN)
+        return recipe(self.config, self.plan.model.name, self.settings, self.plan.device, factor)
+
+    def _check_existing(self) -> None:
+        """Existing outputs this run would skip must have been made the same way (tasks/outputs.py)."""
+        if self.config.overwrite or not self.out.is_dir():
+            return
+        existing = [u for u in self.plan.units if (self.out / u.output).exists()]
+        check_existing_outputs(
+            self.out, self.plan.manifest_path, {u.output: self._planned_recipe(u) for u in existing}
+        )
+
+    def _prepare_output(self) -> None:
+        """Lock OUTPUT (main rank), clean up after a killed run and bring the manifest up to date."""
+        if not self.info.is_main:
+            return
+        self.lock = lock_output(self.out)
+        removed = remove_stale_temporaries(self.out)
+        if removed:
+            self.progress.note(f"removed {removed} temporary file(s) left by an interrupted run")
+        repaired = repair_manifest(
+            self.out, self.plan.manifest_path, ((u.output, u.k, u.key) for u in self.plan.units)
+        )
+        if repaired:
+            self.progress.note(f"added {repaired} missing manifest line(s) from the images' own parameters")
+
     def _pending(self) -> list[list[WorkUnit]]:
         mine = shard(group_by_input(self.plan.units), self.info.rank, self.info.world_size)
         pending: list[list[WorkUnit]] = []
@@ -140,7 +191,17 @@ class _Run:
         return pending
 
     def execute(self) -> TaskResult:
+        try:
+            return self._execute()
+        finally:
+            if self.lock is not None:
+                self.lock.release()
+
+    def _execute(self) -> TaskResult:
+        self._check_existing()
         pending = self._pending()
+        if pending:
+            self._prepare_output()
         total_inputs = len(group_by_input(self.plan.units))
         self.progress.start(
             RunStart(
@@ -156,6 +217,12 @@ class _Run:
         )
         if self.plan.inputs is not None and self.plan.inputs.ignored and self.info.is_main:
             self.progress.note(f"ignored {len(self.plan.inputs.ignored)} file(s) that are not images")
+        if self.plan.inputs is not None and self.info.is_main:
+            for folder in self.plan.inputs.unreadable:
+                self._fail(
+                    str(folder),
+                    f"{folder}: cannot list this folder (permission denied?); its images were not processed",
+                )
         if not pending:
             return self.result
         self._load_model()
@@ -322,64 +389,77 @@ class _Run:
     def _params(self, unit: WorkUnit, ref: Reference | None) -> dict[str, Any]:
         """What an output PNG records about how it was made (its ``ilvr-cli`` text chunk)."""
         assert self.model is not None and self.denoiser is not None
-        conditioned = ref is not None
         mask = None
         if self.config.mask is not None and unit.item is not None:
             found = find_mask(Path(self.config.mask), unit.item.rel)
             mask = found.name if found is not None else None
+        made = recipe(
+            self.config,
+            self.model.name,
+            self.settings,
+            self.plan.device,
+            ref.factor if ref is not None else None,
+        )
         return {
             "tool": "ilvr-cli",
             "version": __version__,
-            "task": self.config.task,
-            "model": self.model.name,
+            **made,
             "model_sha256": self.model.sha256,
             "input": unit.item.rel.as_posix() if unit.item is not None else None,
             "sample": unit.k,
             "key": unit.key,
-            "seed": self.config.seed,
-            "factor": ref.factor if ref is not None else None,
-            "kernel": self.config.kernel if conditioned else None,
-            "exact": self.config.exact if conditioned else None,
-            "range": list(self.settings.t_range) if conditioned and self.settings.t_range else None,
-            "steps": self.settings.steps,
             "num_steps": len(self.denoiser.schedule),
-            "sampler": self.config.method,
-            "eta": self.config.eta if self.config.method == "ddim" else None,
-            "precision": self.config.precision,
-            "device": self.plan.device.type,
-            "fit": self.config.fit if conditioned else None,
             "mask": mask,
             "size": [self.size, self.size],
         }
 
     def _run_batch(self, batch: _Batch) -> None:
+        """Sample a batch (an error fails its samples) and write each result (an output-side error ends
+        the run: :class:`OutputError`, after everything finished so far was recorded)."""
         started = time.perf_counter()
         try:
-            x0, frames = self._sample(batch)
+            try:
+                x0, frames = self._sample(batch)
+            except (IlvrError, OSError, torch.OutOfMemoryError) as error:
+                for unit in batch.units:
+                    self._fail(
+                        unit.label,
+                        f"{type(error).__name__}: {error}"
+                        if not isinstance(error, IlvrError)
+                        else str(error),
+                    )
+                return
             self._write(batch, x0, frames, (time.perf_counter() - started) / len(batch))
-        except (IlvrError, OSError, torch.OutOfMemoryError) as error:
-            for unit in batch.units:
-                self._fail(
-                    unit.label,
-                    f"{type(error).__name__}: {error}" if not isinstance(error, IlvrError) else str(error),
-                )
         finally:
-            elapsed = time.perf_counter() - started
-            self.result.timings.sampling += elapsed
+            self.result.timings.sampling += time.perf_counter() - started
 
     def _write(
         self, batch: _Batch, x0: torch.Tensor, frames: list[list[np.ndarray]], per_sample: float
     ) -> None:
         written: list[np.ndarray] = []
         for j, (unit, ref) in enumerate(zip(batch.units, batch.refs, strict=True)):
+            if not bool(torch.isfinite(x0[j]).all()):
+                self._fail(
+                    unit.label,
+                    f"{unit.output.as_posix()}: the sampler produced non-finite values (NaN/Inf), nothing was "
+                    "written; try --precision fp32, or report it with the command line",
+                )
+                continue
             pixels = to_uint8(to_pixels(x0[j]))
             written.append(pixels)
             params = self._params(unit, ref)
-            target = save_png(
-                self.out / unit.output, pixels, params, text={"Software": f"ilvr-cli {__version__}"}
-            )
-            if self.config.animate:
-                save_gif(target.with_suffix(".gif"), frames[j])
+            try:
+                target = save_png(
+                    self.out / unit.output, pixels, params, text={"Software": f"ilvr-cli {__version__}"}
+                )
+                if self.config.animate:
+                    save_gif(target.with_suffix(".gif"), frames[j])
+            except OSError as error:
+                raise OutputError(
+                    f"cannot write {self.out / unit.output}: {error.strerror or error}; "
+                    f"{len(self.result.done)} result(s) of this run were written and are kept; "
+                    "free space or fix the folder's permissions, then rerun the same command to continue"
+                ) from None
             append_record(
                 self.plan.manifest_path,
                 {
@@ -394,7 +474,7 @@ class _Run:
             )
             self.result.done.append(unit.output.as_posix())
             self._count(unit, target, per_sample)
-        if self.config.grid:
+        if self.config.grid and len(written) == len(batch):
             self._write_grid(batch, written)
 
     def _count(self, unit: WorkUnit, target: Path, seconds: float) -> None:
