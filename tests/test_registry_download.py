@@ -3,9 +3,10 @@ locking, offline mode, trust on first use, and Google Drive's confirm step."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import os
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -19,7 +20,14 @@ from ilvr_cli.registry.cache import KnownHashes, Manifest
 from ilvr_cli.registry.catalog import FileSpec, Source
 from ilvr_cli.registry.download import DownloadOptions, FetchedFile, ensure_file
 
-FAST = DownloadOptions(timeout=0.5, retries=3, backoff=0.01, max_backoff=0.05, chunk_size=4096)
+#: No test waits for a guessed duration. A healthy response never comes near ``FAST.timeout``, so load on the
+#: machine cannot turn it into a spurious retry; a stalled or held response blocks on an event that only the
+#: test (or the server's teardown) sets. The one timeout that does elapse is the client's, in the stall tests,
+#: and it must be generous too: the same attempts also carry the healthy headers and first half.
+FAST = DownloadOptions(timeout=10, retries=3, backoff=0.01, max_backoff=0.05, chunk_size=4096)
+STALL = DownloadOptions(timeout=2, retries=2, backoff=0.01)
+#: How long a blocked handler or a test waits for an event before giving up: only a broken run gets there.
+SAFETY = 60.0
 
 
 # ----------------------------------------------------------------------------------------- the server
@@ -36,13 +44,21 @@ class Served:
 
 
 class FakeServer:
-    """A threaded HTTP server with scripted misbehaviour; records every request."""
+    """A threaded HTTP server with scripted misbehaviour; records every request.
+
+    "stall" sends half the body, then blocks until ``release`` is set (by :meth:`close`), so only the
+    client's read timeout can end it; ``stalls_held`` counts the stalled handlers still blocked. "hold"
+    sends half the body, sets ``streaming``, and sends the rest once the test sets ``proceed``.
+    """
 
     def __init__(self) -> None:
         self.routes: dict[str, Served] = {}
         self.custom: dict[str, Callable[[BaseHTTPRequestHandler, dict[str, list[str]]], None]] = {}
         self.requests: list[tuple[str, dict[str, str], dict[str, list[str]]]] = []
-        self.stall_seconds = 2.0
+        self.release = threading.Event()
+        self.stalls_held = 0
+        self.streaming = threading.Event()
+        self.proceed = threading.Event()
         self.lock = threading.Lock()
         server = self
 
@@ -114,23 +130,34 @@ class FakeServer:
         h.send_header("Content-Length", str(len(body)))
         h.send_header("ETag", '"' + hashlib.md5(data).hexdigest() + '"')
         h.end_headers()
-        if action in ("cut", "stall"):
-            h.wfile.write(body[: len(body) // 2])
+        half = len(body) // 2
+        if action == "stall":
+            with self.lock:  # counted before the client can see a byte, uncounted only when released
+                self.stalls_held += 1
+            h.wfile.write(body[:half])
             h.wfile.flush()
-            if action == "stall":
-                time.sleep(self.stall_seconds)
+            self.release.wait(SAFETY)
+            with self.lock:
+                self.stalls_held -= 1
             h.close_connection = True
             return
-        if action == "slow":
-            step = max(1, len(body) // 8)
-            for i in range(0, len(body), step):
-                h.wfile.write(body[i : i + step])
-                h.wfile.flush()
-                time.sleep(0.05)
+        if action == "cut":
+            h.wfile.write(body[:half])
+            h.wfile.flush()
+            h.close_connection = True
+            return
+        if action == "hold":
+            h.wfile.write(body[:half])
+            h.wfile.flush()
+            self.streaming.set()
+            self.proceed.wait(SAFETY)
+            h.wfile.write(body[half:])
             return
         h.wfile.write(body)
 
     def close(self) -> None:
+        self.release.set()
+        self.proceed.set()
         self.httpd.shutdown()
         self.httpd.server_close()
 
@@ -160,6 +187,14 @@ def spec_for(
         sha256=None if data is None else sha(data),
         size=len(data) if data is not None and size else None,
     )
+
+
+def edit_in_place(path: Path, data: bytes) -> None:
+    """Overwrite ``path`` as a later edit would, with a later mtime: set explicitly, since a coarse
+    filesystem clock need not have ticked since the file was written and its stamp recorded."""
+    before = path.stat().st_mtime_ns
+    path.write_bytes(data)
+    os.utime(path, ns=(before + 1_000_000_000, before + 1_000_000_000))
 
 
 def get(spec: FileSpec, tmp_path: Path, **kwargs) -> FetchedFile:
@@ -225,7 +260,7 @@ def test_interrupted_download_resumes_on_the_next_run(
     server.routes["/w.pt"] = Served(payload, actions=["cut"])
     spec = spec_for(server, ["/w.pt"], payload)
     with pytest.raises(DownloadError, match="connection closed after"):
-        get(spec, tmp_path, options=DownloadOptions(timeout=0.5, retries=0, backoff=0.01))
+        get(spec, tmp_path, options=dataclasses.replace(FAST, retries=0))
     part = tmp_path / "models" / "m" / "w.pt.part"
     assert part.stat().st_size == len(payload) // 2
     got = get(spec, tmp_path)  # a new "process": picks up the .part
@@ -285,10 +320,8 @@ def test_transient_503_is_retried(server: FakeServer, payload: bytes, tmp_path: 
 
 def test_stall_times_out_and_resumes(server: FakeServer, payload: bytes, tmp_path: Path) -> None:
     server.routes["/w.pt"] = Served(payload, actions=["stall"])
-    options = DownloadOptions(timeout=0.3, retries=2, backoff=0.01)
-    t0 = time.monotonic()
-    got = get(spec_for(server, ["/w.pt"], payload), tmp_path, options=options)
-    assert time.monotonic() - t0 < 2.0  # the stall was cut short by the timeout, not waited out
+    got = get(spec_for(server, ["/w.pt"], payload), tmp_path, options=STALL)
+    assert server.stalls_held == 1  # the stall was cut short by the client's timeout, not waited out
     assert got.path.read_bytes() == payload
     assert server.gets("/w.pt")[1]["Range"] == f"bytes={len(payload) // 2}-"
 
@@ -297,29 +330,45 @@ def test_endless_stalls_give_up_after_bounded_retries(
     server: FakeServer, payload: bytes, tmp_path: Path
 ) -> None:
     server.routes["/w.pt"] = Served(payload, actions=["stall"] * 10, ranges=False)
-    options = DownloadOptions(timeout=0.2, retries=2, backoff=0.01)
-    t0 = time.monotonic()
     with pytest.raises(DownloadError, match="stalled.*gave up after 2 retries"):
-        get(spec_for(server, ["/w.pt"], payload), tmp_path, options=options)
-    assert time.monotonic() - t0 < 3.0
+        get(spec_for(server, ["/w.pt"], payload), tmp_path, options=STALL)
+    assert server.stalls_held == 3  # each attempt was abandoned by the client while the server still stalled
     assert len(server.gets("/w.pt")) == 3
 
 
+class LockWaitRecorder(Recorder):
+    """A Recorder that sets ``waiting`` when told it waits for another downloader's lock."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting = threading.Event()
+
+    def note(self, message: str) -> None:
+        super().note(message)
+        if "waiting for another process" in message:
+            self.waiting.set()
+
+
 def test_two_concurrent_downloaders_download_once(server: FakeServer, payload: bytes, tmp_path: Path) -> None:
-    server.routes["/w.pt"] = Served(payload, actions=["slow"])
+    server.routes["/w.pt"] = Served(payload, actions=["hold"])
     spec = spec_for(server, ["/w.pt"], payload)
     results: list[FetchedFile] = []
-    notes: list[Recorder] = [Recorder(), Recorder()]
+    notes = [Recorder(), LockWaitRecorder()]
 
     def worker(i: int) -> None:
         results.append(get(spec, tmp_path, progress=notes[i]))
 
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(2)]
     threads[0].start()
-    time.sleep(0.1)  # the first one holds the lock and is streaming
-    threads[1].start()
-    for t in threads:
-        t.join(10)
+    try:
+        assert server.streaming.wait(SAFETY)  # the first one holds the lock and is streaming
+        threads[1].start()
+        assert notes[1].waiting.wait(SAFETY)  # the second one is queued on the lock
+    finally:
+        server.proceed.set()
+        for t in threads:
+            if t.ident is not None:  # started
+                t.join(SAFETY)
     assert len(results) == 2 and results[0].path == results[1].path
     assert results[0].path.read_bytes() == payload
     assert len(server.gets("/w.pt")) == 1
@@ -360,7 +409,7 @@ def test_trust_on_first_use(server: FakeServer, payload: bytes, tmp_path: Path) 
     known = KnownHashes(tmp_path).get("m", "w.pt")
     assert known is not None and known["sha256"] == sha(payload) and known["source"] == server.url("/w.pt")
     # the cached file is edited: caught by its changed stamp, rehashed, deleted, downloaded again
-    got.path.write_bytes(payload[:-1] + b"X")
+    edit_in_place(got.path, payload[:-1] + b"X")
     assert get(spec, tmp_path).path.read_bytes() == payload
     # the publisher's file changes: the next download no longer matches what was first seen
     got.path.unlink()
@@ -444,7 +493,7 @@ def fake_drive(server: FakeServer, files: dict[str, bytes], *, quota: bool = Fal
 
 def test_drive_confirm_step(server: FakeServer, payload: bytes, tmp_path: Path) -> None:
     fake_drive(server, {"1AbCdEfGhIjKlMnOp": payload})
-    options = DownloadOptions(timeout=1, retries=1, backoff=0.01, gdrive_url=server.url("/download"))
+    options = dataclasses.replace(FAST, retries=1, gdrive_url=server.url("/download"))
     spec = FileSpec("p2.pt", (Source(gdrive="1AbCdEfGhIjKlMnOp"),))
     got = get(spec, tmp_path, options=options, allow_local=False)
     assert got.path.read_bytes() == payload and got.trust == "first-use"
@@ -455,7 +504,7 @@ def test_drive_confirm_step(server: FakeServer, payload: bytes, tmp_path: Path) 
 
 def test_drive_quota_and_missing_file(server: FakeServer, payload: bytes, tmp_path: Path) -> None:
     fake_drive(server, {"1AbCdEfGhIjKlMnOp": payload}, quota=True)
-    options = DownloadOptions(timeout=1, retries=1, backoff=0.01, gdrive_url=server.url("/download"))
+    options = dataclasses.replace(FAST, retries=1, gdrive_url=server.url("/download"))
     spec = FileSpec("p2.pt", (Source(gdrive="1AbCdEfGhIjKlMnOp"), Source(gdrive="1ZzZzZzZzZzZzZzZz")))
     with pytest.raises(DownloadError) as info:
         get(spec, tmp_path, options=options, allow_local=False)
@@ -470,18 +519,36 @@ def test_two_processes_download_once(server: FakeServer, payload: bytes, tmp_pat
     import subprocess
     import sys
 
-    server.routes["/w.pt"] = Served(payload, actions=["slow"])
+    server.routes["/w.pt"] = Served(payload, actions=["hold"])
     script = (
         "import sys; from pathlib import Path\n"
         "from ilvr_cli.registry.catalog import FileSpec, Source\n"
-        "from ilvr_cli.registry.download import ensure_file\n"
+        "from ilvr_cli.registry.download import DownloadOptions, NullProgress, ensure_file\n"
+        "class Notes(NullProgress):\n"
+        "    def note(self, message): print(message, file=sys.stderr, flush=True)\n"
         "root = Path(sys.argv[1])\n"
         "spec = FileSpec('w.pt', (Source(url=sys.argv[2]),), sha256=sys.argv[3])\n"
-        "print(ensure_file(spec, root / 'models' / 'm', model='m', root=root, allow_local=True).path)\n"
+        "options = DownloadOptions(timeout=float(sys.argv[4]))  # the first one's read waits out the hold\n"
+        "got = ensure_file(spec, root / 'models' / 'm', model='m', root=root, allow_local=True,\n"
+        "                  options=options, progress=Notes())\n"
+        "print(got.path)\n"
     )
-    args = [sys.executable, "-c", script, str(tmp_path), server.url("/w.pt"), sha(payload)]
-    procs = [subprocess.Popen(args, stdout=subprocess.PIPE, text=True) for _ in range(2)]
-    outputs = [p.communicate(timeout=30)[0].strip() for p in procs]
+    args = [sys.executable, "-c", script, str(tmp_path), server.url("/w.pt"), sha(payload), str(SAFETY)]
+    pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
+    procs = [subprocess.Popen(args, **pipes)]
+    try:
+        assert server.streaming.wait(SAFETY)  # the first process holds the lock and is streaming
+        procs.append(subprocess.Popen(args, **pipes))
+        # the second one says it waits for the lock (a note on stderr) before the first may finish
+        notes = []
+        for line in iter(procs[1].stderr.readline, ""):
+            notes.append(line)
+            if "waiting for another process" in line:
+                break
+        assert "waiting for another process" in "".join(notes), "".join(notes)
+    finally:
+        server.proceed.set()
+    outputs = [p.communicate(timeout=SAFETY)[0].strip() for p in procs]
     assert [p.returncode for p in procs] == [0, 0]
     assert outputs[0] == outputs[1] == str(tmp_path / "models" / "m" / "w.pt")
     assert len(server.gets("/w.pt")) == 1

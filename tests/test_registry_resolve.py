@@ -25,6 +25,7 @@ from ilvr_cli.errors import (
 from ilvr_cli.registry import catalog as catalog_module
 from ilvr_cli.registry import fetch, load_model, resolve_model
 from ilvr_cli.registry.cache import CONVERTED_NAME, KnownHashes, Manifest
+from ilvr_cli.registry.download import NullProgress
 from ilvr_cli.registry.manage import add_model, model_status, remove_model
 
 TINY_FLAGS = {
@@ -65,6 +66,14 @@ def tiny_entry(source: Path, *, sha256: str | None = None) -> dict:
         f["sha256"] = sha256
     return {"kind": "diffusion", "family": "test", "title": "tiny", "format": "guided-diffusion",
             "flags": TINY_FLAGS, "files": [f]}  # fmt: skip
+
+
+def edit_in_place(path: Path, data: bytes) -> None:
+    """Overwrite ``path`` as a later edit would, with a later mtime: set explicitly, since a coarse
+    filesystem clock need not have ticked since the file was written and its stamp recorded."""
+    before = path.stat().st_mtime_ns
+    path.write_bytes(data)
+    os.utime(path, ns=(before + 1_000_000_000, before + 1_000_000_000))
 
 
 def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
@@ -158,7 +167,7 @@ def test_tampered_converted_file_is_rebuilt(tmp_path: Path, tiny_pt: Path) -> No
     converted = tmp_path / "models" / "tiny" / CONVERTED_NAME
     data = bytearray(converted.read_bytes())
     data[-100] ^= 0x55  # flip a weight byte
-    converted.write_bytes(bytes(data))
+    edit_in_place(converted, bytes(data))
     again = load_model("tiny", cache_dir=tmp_path)
     assert same_weights(again.network, reference)
 
@@ -177,20 +186,36 @@ def test_concurrent_loads_convert_once(
 
     calls: list[int] = []
     real = convert.convert_to_native
+    converting, queued = threading.Event(), threading.Event()
 
     def counting(*args, **kwargs):
         calls.append(1)
+        converting.set()
+        queued.wait(60)  # keep the entry's lock until the other load waits for it
         return real(*args, **kwargs)
+
+    class Queued(NullProgress):
+        def note(self, message: str) -> None:
+            if "waiting for another process" in message:
+                queued.set()
 
     monkeypatch.setattr(convert, "convert_to_native", counting)
     results = []
-    threads = [
-        threading.Thread(target=lambda: results.append(load_model("tiny", cache_dir=tmp_path))) for _ in "ab"
-    ]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
+
+    def load(progress: NullProgress) -> None:
+        results.append(load_model("tiny", cache_dir=tmp_path, progress=progress))
+
+    threads = [threading.Thread(target=load, args=(p,)) for p in (NullProgress(), Queued())]
+    threads[0].start()
+    try:
+        assert converting.wait(60)  # the first load holds the lock and is converting
+        threads[1].start()
+        assert queued.wait(60)  # the second one waits for the lock, not for a finished conversion
+    finally:
+        queued.set()
+        for t in threads:
+            if t.ident is not None:  # started
+                t.join(60)
     assert len(results) == 2 and len(calls) == 1
     assert same_weights(results[0].network, results[1].network)
 

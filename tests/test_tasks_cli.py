@@ -20,6 +20,8 @@ from ilvr_cli.tasks import runner as task_runner
 from test_tasks_support import read_pixels, save_tiny_model, smooth_image, write_png
 
 runner = CliRunner()
+#: A safety net for a hung subprocess, far above what a loaded machine needs: no outcome depends on it.
+SAFETY_S = 600
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -169,15 +171,18 @@ def test_two_ranks_under_torchrun_equal_one_process(model: str, tmp_path: Path) 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     env.pop("RANK", None)
     env.pop("WORLD_SIZE", None)
+    # --standalone's agent binds its store on port 0 and the ranks meet there: no free port is guessed and
+    # no two runs can collide, unless this opt-out makes torchrun probe for a free port instead
+    env.pop("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", None)
     single = subprocess.run(
         [sys.executable, "-m", "ilvr_cli", "upscale", *common[:1], str(tmp_path / "one"), *common[1:]],
-        capture_output=True, text=True, env=env, timeout=120,
+        capture_output=True, text=True, env=env, timeout=SAFETY_S,
     )  # fmt: skip
     assert single.returncode == 0, single.stderr
     launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     multi = subprocess.run(
         [*launch, "-m", "ilvr_cli", "upscale", *common[:1], str(tmp_path / "two"), *common[1:]],
-        capture_output=True, text=True, env=env, timeout=120,
+        capture_output=True, text=True, env=env, timeout=SAFETY_S,
     )  # fmt: skip
     assert multi.returncode == 0, multi.stderr[-3000:]
     summary = json.loads(multi.stdout[multi.stdout.index("{") :])  # printed by rank 0 only, for both ranks

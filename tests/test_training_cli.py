@@ -99,10 +99,18 @@ def test_first_ctrl_c_saves_and_exits_130(
 
     monkeypatch.setattr(train_cmd.RichTrainProgress, "step", interrupt_at_step_2)
     run = tmp_path / "run"
-    result = runner.invoke(app, ["train", str(data), "-o", str(run), "-p", preset, "--steps", "50", *FAST])
+    # Python's own Ctrl-C handler, as in a terminal, whatever pytest inherited (a shell's background job
+    # starts with SIGINT ignored)
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        result = runner.invoke(
+            app, ["train", str(data), "-o", str(run), "-p", preset, "--steps", "50", *FAST]
+        )
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    finally:
+        signal.signal(signal.SIGINT, inherited)
     assert result.exit_code == ExitCode.INTERRUPTED, result.output
     assert _step(run) == 2 and "--resume" in result.output
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_train_help_does_not_import_torch() -> None:

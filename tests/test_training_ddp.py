@@ -32,7 +32,11 @@ def test_two_processes_match_one_process(tmp_path: Path) -> None:
         "--seed", "3", "--workers", "0", "--save-every", "3", "--sample-every", "0", "--log-every", "3", "--device", "cpu",
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=240)
+    # --standalone's agent binds its store on port 0 and the ranks meet there: no free port is guessed and
+    # no two runs can collide, unless this opt-out makes torchrun probe for a free port instead
+    env.pop("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", None)
+    # the timeout is a safety net for a hung run, far above what a loaded machine needs
+    proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("reached step 3/3") == 1  # only rank 0 reports
 
