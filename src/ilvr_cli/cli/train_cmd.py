@@ -228,6 +228,7 @@ def train(
     cache_dir: Annotated[Path | None, typer.Option("--cache-dir", help="Model cache for --init-from names.", file_okay=False, show_default=False)] = None,
 ) -> None:  # fmt: skip
     """Train an unconditional diffusion model on a folder of images (or fine-tune one with --init-from)."""
+    _check_data_dir(data_dir)
     from ilvr_cli.training import saved_config
     from ilvr_cli.training import train as run_training
 
@@ -268,6 +269,15 @@ def train(
         _summary(result)
     if result.stopped:
         raise typer.Exit(ExitCode.INTERRUPTED)
+
+
+def _check_data_dir(data_dir: Path) -> None:
+    """A missing DATA_DIR, or one that is not a folder, is a usage error (exit 2), before torch loads."""
+    path = data_dir.expanduser()
+    if not path.exists():
+        raise UsageError(f"DATA_DIR {data_dir} does not exist; give the folder of training images")
+    if not path.is_dir():
+        raise UsageError(f"DATA_DIR {data_dir} is not a folder; give the folder of training images")
 
 
 def _summary(result: TrainResult) -> None:

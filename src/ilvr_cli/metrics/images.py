@@ -1,47 +1,192 @@
 """The little image I/O the metrics need: scan a folder, read an image as uint8 RGB or grey.
 
-Reads images exactly as the reference implementations do (PIL's ``convert("RGB")``, grey kept grey for
-NIQE), not through :mod:`ilvr_cli.io`'s normalisation; the extensions are the task commands' own.
+Folders are listed by the task commands' scanner (:func:`ilvr_cli.io.scan.scan_inputs`: the same
+extensions, hidden entries and subfolders holding a ``manifest.jsonl`` skipped) and, in addition, without
+the ``_grids/`` contact sheets the task commands write beside their outputs. Images are read exactly as the
+reference implementations read them (PIL's ``convert("RGB")``, grey kept grey for NIQE), not through
+:mod:`ilvr_cli.io.load`'s normalisation, but refused on the same grounds: not a regular file, empty,
+not an image, truncated or corrupt, over a pixel limit checked from the header before decoding.
 """
 
 from __future__ import annotations
 
+import stat
+import struct
+import warnings
+import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from ilvr_cli.errors import InputError
-from ilvr_cli.io.scan import IMAGE_EXTENSIONS
+from ilvr_cli.errors import InputError, UsageError
+from ilvr_cli.io.load import DEFAULT_MAX_PIXELS
+from ilvr_cli.io.scan import IMAGE_EXTENSIONS, InputItem, scan_inputs
+
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "GRID_DIR",
+    "IMAGE_EXTENSIONS",
+    "FolderScan",
+    "check_regular_file",
+    "list_images",
+    "load_rgb",
+    "not_regular_file",
+    "load_rgb_or_gray",
+    "scan_folder",
+]
+
+#: The task commands' contact-sheet folder (``ilvr_cli.tasks.runner.GRID_DIR``; not imported from there,
+#: which would import torch). Its sheets are not outputs, so the metrics and training never read them.
+GRID_DIR = "_grids"
+
+#: What Pillow raises on broken files besides ``UnidentifiedImageError`` (as :mod:`ilvr_cli.io.load`).
+DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error, IndexError)
+
+_KINDS = (
+    (stat.S_ISDIR, "a folder"),
+    (stat.S_ISFIFO, "a named pipe (FIFO)"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
 
 
-def list_images(folder: Path) -> list[Path]:
-    """Image files under ``folder``, recursively, sorted by their path relative to it."""
+@dataclass(frozen=True)
+class FolderScan:
+    """The image files under ``root``: ``images`` we read, ``unsupported`` known formats we do not (gif, ...)."""
+
+    root: Path
+    images: tuple[InputItem, ...]
+    unsupported: tuple[InputItem, ...]
+
+    @property
+    def items(self) -> tuple[InputItem, ...]:
+        """Both, sorted by relative path: each one is scored or fails with a reason."""
+        return tuple(sorted(self.images + self.unsupported, key=lambda item: item.rel.as_posix()))
+
+
+def scan_folder(folder: Path) -> FolderScan:
+    """The images of a folder by the task commands' rules (module docstring), ``_grids/`` left out.
+
+    The folder itself may hold a ``manifest.jsonl``: scoring an output folder is the point. An empty
+    result is not an error here; the caller says what it needed.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"{folder} is not a folder of images")
-    files = [p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
-    return sorted(files, key=lambda p: p.relative_to(folder).as_posix())
-
-
-def _open(path: Path) -> Image.Image:
     try:
-        image = Image.open(path)
-        image.load()
-    except (OSError, UnidentifiedImageError, ValueError) as error:
-        raise InputError(f"cannot read image {path}: {error}") from None
+        found = scan_inputs(folder)
+    except UsageError:  # the folder exists, so this is scan_inputs' "no image is under FOLDER"
+        return FolderScan(folder, (), ())
+    kept = [item for item in found.items if GRID_DIR not in item.rel.parts[:-1]]
+    return FolderScan(
+        folder,
+        tuple(item for item in kept if item.supported),
+        tuple(item for item in kept if not item.supported),
+    )
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Readable image files under ``folder`` (:func:`scan_folder`), sorted by their relative path."""
+    return [item.path for item in scan_folder(folder).images]
+
+
+def not_regular_file(path: Path) -> str | None:
+    """Why ``path`` cannot be read as a file with content, or None if it can.
+
+    FIFOs would block a reader; files of /proc and /sys report a size of 0 but have content, so they are
+    not regular files either.
+    """
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        return "it does not exist (a broken symlink?)"
+    except OSError as error:
+        return str(error.strerror or error)
+    for test, kind in _KINDS:
+        if test(info.st_mode):
+            return f"not a regular file ({kind})"
+    if info.st_size > 0:
+        return None
+    try:
+        with open(path, "rb") as handle:
+            content = handle.read(1)
+    except OSError as error:
+        return str(error.strerror or error)
+    if content:
+        return "not a regular file (a pseudo-file such as /proc/...: its size is reported as 0)"
+    return "empty file (0 bytes)"
+
+
+def check_regular_file(path: Path, what: str = "image") -> None:
+    """InputError naming ``path`` unless it is a regular file with content (:func:`not_regular_file`)."""
+    problem = not_regular_file(path)
+    if problem is not None:
+        raise InputError(f"cannot read {what} {path}: {problem}")
+
+
+def _megapixels(pixels: float) -> str:
+    return f"{pixels / 1e6:g}"
+
+
+def _open(path: Path, max_pixels: int) -> Image.Image:
+    """Open, check the pixel count from the header, then decode; every failure is an InputError."""
+    check_regular_file(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we check the size ourselves
+        try:
+            image = Image.open(path)
+        except Image.DecompressionBombError as error:
+            raise InputError(
+                f"cannot read image {path}: refused as a possible decompression bomb ({error})"
+            ) from None
+        except UnidentifiedImageError:
+            raise InputError(
+                f"cannot read image {path}: not an image (or a format Pillow cannot identify)"
+            ) from None
+        except DECODE_ERRORS as error:
+            raise InputError(f"cannot read image {path}: cannot read the image header ({error})") from None
+        width, height = image.size
+        if width * height > max_pixels:
+            image.close()
+            raise InputError(
+                f"cannot read image {path}: {width}x{height} is {_megapixels(width * height)} megapixels, over the "
+                f"{_megapixels(max_pixels)} megapixel limit (decompression-bomb guard); shrink it or raise "
+                "--max-megapixels"
+            )
+        try:
+            image.load()
+        except DECODE_ERRORS as error:
+            image.close()
+            raise InputError(f"cannot read image {path}: truncated or corrupt image data ({error})") from None
     return image
 
 
-def load_rgb(path: Path) -> np.ndarray:
-    """(H, W, 3) uint8 array of an image, through PIL's ``convert("RGB")`` (as pytorch-fid and clean-fid)."""
-    return np.array(_open(path).convert("RGB"))
+def _convert(image: Image.Image, mode: str, path: Path) -> np.ndarray:
+    try:
+        return np.array(image if image.mode == mode else image.convert(mode))
+    except DECODE_ERRORS as error:
+        raise InputError(f"cannot read image {path}: cannot convert it to {mode} ({error})") from None
+    finally:
+        image.close()
 
 
-def load_rgb_or_gray(path: Path) -> np.ndarray:
+def load_rgb(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """(H, W, 3) uint8 array of an image, through PIL's ``convert("RGB")`` (as pytorch-fid and clean-fid).
+
+    Images over ``max_pixels`` are refused from their header, before anything is decoded.
+    """
+    path = Path(path)
+    return _convert(_open(path, max_pixels), "RGB", path)
+
+
+def load_rgb_or_gray(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """uint8 (H, W) for single-channel 8-bit images, else (H, W, 3) through ``convert("RGB")``.
 
     MATLAB's ``imread`` keeps a grey image grey, so NIQE must not turn it into RGB and back.
     """
-    image = _open(path)
-    return np.array(image if image.mode == "L" else image.convert("RGB"))
+    path = Path(path)
+    image = _open(path, max_pixels)
+    return _convert(image, "L" if image.mode == "L" else "RGB", path)

@@ -27,7 +27,7 @@ import numpy as np
 
 from ilvr_cli.errors import InputError
 from ilvr_cli.imresize import contributions
-from ilvr_cli.metrics.images import load_rgb_or_gray
+from ilvr_cli.metrics.images import DEFAULT_MAX_PIXELS, load_rgb_or_gray
 
 BLOCK_SIZE = 96
 #: Smallest side accepted: two blocks per side, so the fitted covariance has some support.
@@ -214,7 +214,11 @@ def quality_from_features(features: np.ndarray) -> float:
         raise InputError("NIQE found fewer than 2 usable blocks (flat or constant image?)")
     cov = np.cov(complete, rowvar=False)
     diff = mu_p - mu
-    return float(np.sqrt(diff @ _pinv((cov_p + cov) / 2) @ diff))
+    with np.errstate(invalid="ignore"):
+        value = float(np.sqrt(diff @ _pinv((cov_p + cov) / 2) @ diff))
+    if not math.isfinite(value):  # MATLAB would print NaN; a score must be a number
+        raise InputError("NIQE is undefined for this image (its block features give no finite distance)")
+    return value
 
 
 def niqe(image: np.ndarray) -> float:
@@ -227,9 +231,12 @@ def niqe(image: np.ndarray) -> float:
     return quality_from_features(niqe_features(image))
 
 
-def niqe_file(path: Path) -> float:
-    """NIQE of an image file (grey files stay grey; other modes are converted to RGB first)."""
-    image = load_rgb_or_gray(Path(path))
+def niqe_file(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> float:
+    """NIQE of an image file (grey files stay grey; other modes are converted to RGB first).
+
+    Files over ``max_pixels`` are refused from their header (NIQE needs about 70 bytes per pixel).
+    """
+    image = load_rgb_or_gray(Path(path), max_pixels)
     try:
         return niqe(image)
     except InputError as error:

@@ -20,6 +20,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ilvr_cli.errors import InputError, UsageError
 from ilvr_cli.io.scan import IMAGE_EXTENSIONS as TASK_IMAGE_EXTENSIONS
+from ilvr_cli.metrics.images import DECODE_ERRORS, not_regular_file, scan_folder
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -35,6 +36,9 @@ __all__ = [
 
 #: The task commands' extensions, plus the Netpbm formats common in training sets.
 IMAGE_EXTENSIONS = TASK_IMAGE_EXTENSIONS | {".ppm", ".pgm"}
+#: What reading a broken image raises: Pillow's decode errors, and its decompression-bomb refusal (an
+#: image over twice ``PIL.Image.MAX_IMAGE_PIXELS``, 179 megapixels, from its header).
+_READ_ERRORS = (UnidentifiedImageError, Image.DecompressionBombError, *DECODE_ERRORS)
 _NAMESPACE = "ilvr-cli/train/v1"
 
 
@@ -49,21 +53,28 @@ def derive_seed(seed: int, *parts: object) -> int:
 
 
 def scan_images(folder: str | Path) -> list[Path]:
-    """Every image under ``folder`` (recursive, hidden entries skipped), sorted by relative path.
+    """Every image under ``folder``, sorted by relative path, listed by the task commands' scanner.
 
-    Files whose header cannot be read are skipped with an :class:`UnreadableImageWarning`; a missing
-    folder or one without a readable image raises :class:`InputError`.
+    The rules of :func:`ilvr_cli.metrics.images.scan_folder`: recursive, hidden entries, ``_grids/``
+    contact sheets and subfolders holding a ``manifest.jsonl`` (outputs of earlier runs) skipped; with
+    :data:`IMAGE_EXTENSIONS`. Files of other known image formats (gif, heic, ...), files that are not
+    regular files and files whose header cannot be read are skipped with an :class:`UnreadableImageWarning`
+    naming them; a missing folder or one without a readable image raises :class:`InputError`.
     """
     root = Path(folder).expanduser()
     if not root.is_dir():
         raise InputError(f"training data folder not found: {root}")
-    candidates = sorted(
-        (p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()),
-        key=lambda p: p.relative_to(root).as_posix(),
-    )
-    candidates = [
-        p for p in candidates if not any(part.startswith(".") for part in p.relative_to(root).parts)
-    ]
+    scan = scan_folder(root)
+    candidates = [item.path for item in scan.items if item.path.suffix.lower() in IMAGE_EXTENSIONS]
+    other = [item.rel.as_posix() for item in scan.items if item.path.suffix.lower() not in IMAGE_EXTENSIONS]
+    if other:
+        shown = ", ".join(other[:5]) + (f" and {len(other) - 5} more" if len(other) > 5 else "")
+        warnings.warn(
+            f"skipping {len(other)} file(s) of image formats training does not read ({shown}); convert them "
+            f"to one of {', '.join(sorted(IMAGE_EXTENSIONS))}",
+            UnreadableImageWarning,
+            stacklevel=2,
+        )
     readable = [p for p in candidates if _header_ok(p)]
     if not readable:
         found = f"{len(candidates)} unreadable image files" if candidates else "no image files"
@@ -74,13 +85,17 @@ def scan_images(folder: str | Path) -> list[Path]:
 
 
 def _header_ok(path: Path) -> bool:
-    try:
-        with Image.open(path) as image:
-            image.size  # noqa: B018 - the header is parsed on open; size proves it
-        return True
-    except (OSError, UnidentifiedImageError, ValueError) as error:
-        warnings.warn(f"skipping unreadable image {path}: {error}", UnreadableImageWarning, stacklevel=3)
-        return False
+    """True if ``path`` is a regular file with an image header; else a warning naming it."""
+    problem = not_regular_file(path)
+    if problem is None:
+        try:
+            with Image.open(path) as image:
+                image.size  # noqa: B018 - the header is parsed on open; size proves it
+            return True
+        except _READ_ERRORS as error:
+            problem = str(error)
+    warnings.warn(f"skipping unreadable image {path}: {problem}", UnreadableImageWarning, stacklevel=3)
+    return False
 
 
 def resize_center_crop(image: Image.Image, size: int) -> Image.Image:
@@ -127,7 +142,7 @@ class ImageFolder(torch.utils.data.Dataset):
             path = self.paths[(index + offset) % len(self.paths)]
             try:
                 image = load_image(path, self.image_size, self.channels)
-            except (OSError, UnidentifiedImageError, ValueError) as error:
+            except _READ_ERRORS as error:
                 warnings.warn(
                     f"skipping unreadable image {path}: {error}", UnreadableImageWarning, stacklevel=2
                 )

@@ -20,7 +20,8 @@ __all__ = ["DistContext", "resolve_device", "setup_distributed"]
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """``auto``: ``cuda:LOCAL_RANK`` when CUDA is available, else the CPU; otherwise a torch device name."""
+    """``auto``: ``cuda:LOCAL_RANK`` when CUDA is available, else the CPU; otherwise cpu, cuda, cuda:N or
+    mps, which must be available here (a :class:`UsageError` otherwise)."""
     if name == "auto":
         return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
     try:
@@ -30,10 +31,21 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
             f"--device {name!r} is not a device (auto, cpu, cuda, cuda:1, ...): {error}"
         ) from None
     if device.type == "cuda":
-        if not torch.cuda.is_available():
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
             raise UsageError(f"--device {name}: CUDA is not available here; use --device cpu")
         if device.index is None:
             device = torch.device("cuda", local_rank)
+        if device.index is not None and device.index >= count:
+            raise UsageError(
+                f"--device {name}: there are {count} CUDA device(s) here, cuda:0 to cuda:{count - 1}"
+            )
+    elif device.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise UsageError(f"--device {name}: Apple MPS is not available here; use --device cpu or auto")
+    elif device.type != "cpu":
+        raise UsageError(f"--device {name}: training runs on auto, cpu, cuda, cuda:N or mps")
     return device
 
 
