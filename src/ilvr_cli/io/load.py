@@ -16,10 +16,7 @@ bombs: the size is checked from the header, before anything is decoded).
 from __future__ import annotations
 
 import os
-import stat
-import struct
 import warnings
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,14 +24,13 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ilvr_cli.errors import InputError
+from ilvr_cli.io.files import DECODE_ERRORS, check_regular_file
 
 #: Pillow format names we read (what :data:`~ilvr_cli.io.scan.IMAGE_EXTENSIONS` promise).
 SUPPORTED_FORMATS = frozenset({"PNG", "JPEG", "MPO", "WEBP", "BMP", "DIB", "TIFF"})
 
 #: Default decompression-bomb guard: 50 megapixels (an 8660 x 5773 photo); raise it per call if needed.
 DEFAULT_MAX_PIXELS = 50_000_000
-
-_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error, IndexError)
 
 
 @dataclass(frozen=True)
@@ -51,32 +47,16 @@ class ImageData:
         return int(self.pixels.shape[0]), int(self.pixels.shape[1])
 
 
-def _check_regular_file(path: Path) -> None:
-    """A readable regular file: a dangling or looping symlink, a folder, a FIFO or a device is refused
-    (a FIFO would block the run; /proc files report 0 bytes but are not empty)."""
-    try:
-        info = path.stat()
-    except OSError as error:
-        reason = error.strerror or type(error).__name__
-        if os.path.islink(path):
-            reason = f"broken symlink ({reason})"
-        raise InputError(f"{path}: cannot read it: {reason}") from None
-    if not stat.S_ISREG(info.st_mode):
-        raise InputError(f"{path}: not a regular file (a folder, FIFO, socket or device)")
-    if info.st_size == 0:
-        raise InputError(f"{path}: empty file (0 bytes)")
-
-
 def _open_header(path: Path, max_pixels: int) -> Image.Image:
     """Open lazily (header only) and check the format and the pixel count; nothing is decoded."""
-    _check_regular_file(path)
+    check_regular_file(path)
     try:
         image = Image.open(path)
     except Image.DecompressionBombError as error:
         raise InputError(f"{path}: refused as a possible decompression bomb ({error})") from None
     except UnidentifiedImageError:
         raise InputError(f"{path}: not an image (or a format Pillow cannot identify)") from None
-    except _DECODE_ERRORS as error:
+    except DECODE_ERRORS as error:
         raise InputError(f"{path}: cannot read the image header ({error})") from None
     if image.format not in SUPPORTED_FORMATS:
         image.close()
@@ -101,7 +81,7 @@ def _open(path: Path, max_pixels: int) -> Image.Image:
     image = _open_header(path, max_pixels)
     try:
         image.load()
-    except _DECODE_ERRORS as error:
+    except DECODE_ERRORS as error:
         raise InputError(f"{path}: truncated or corrupt image data ({error})") from None
     return image
 
@@ -182,7 +162,7 @@ def load_image(
             source_mode, source_format = image.mode, str(image.format)
             try:
                 pixels = to_rgb_float(_upright(image), background)
-            except _DECODE_ERRORS as error:
+            except DECODE_ERRORS as error:
                 raise InputError(f"{p}: cannot convert the image ({error})") from None
         finally:
             image.close()

@@ -28,6 +28,9 @@ UNSUPPORTED_IMAGE_EXTENSIONS = frozenset(
 
 _GLOB_CHARS = frozenset("*?[")
 
+#: The contact-sheet folder the task commands write inside OUTPUT (``--grid``): never read as inputs.
+GRID_DIR = "_grids"
+
 InputKind = Literal["file", "folder", "glob"]
 
 
@@ -112,8 +115,8 @@ def _holds_manifest(folder: Path) -> bool:
 
 def _walk(folder: Path) -> tuple[list[Path], list[Path]]:
     """Every file under ``folder``, following no symlinked folders (no cycles), skipping hidden folders and
-    subfolders that hold an ilvr manifest (the outputs of earlier runs, e.g. ``photos/a-upscale/``); and
-    the folders that could not be listed."""
+    subfolders that hold an ilvr manifest (the outputs of earlier runs, e.g. ``photos/a-upscale/``) or are
+    contact sheets (``_grids``); and the folders that could not be listed."""
     found: list[Path] = []
     unreadable: list[Path] = []
 
@@ -122,7 +125,9 @@ def _walk(folder: Path) -> tuple[list[Path], list[Path]]:
 
     for directory, subdirs, files in os.walk(folder, onerror=report):
         here = Path(directory)
-        subdirs[:] = [d for d in subdirs if not d.startswith(".") and not _holds_manifest(here / d)]
+        subdirs[:] = [
+            d for d in subdirs if not d.startswith(".") and d != GRID_DIR and not _holds_manifest(here / d)
+        ]
         found.extend(here / name for name in files)
     return found, unreadable
 

@@ -1,8 +1,7 @@
 """The little image I/O the metrics need: scan a folder, read an image as uint8 RGB or grey.
 
 Folders are listed by the task commands' scanner (:func:`ilvr_cli.io.scan.scan_inputs`: the same
-extensions, hidden entries and subfolders holding a ``manifest.jsonl`` skipped) and, in addition, without
-the ``_grids/`` contact sheets the task commands write beside their outputs. Images are read exactly as the
+extensions; hidden entries, ``_grids/`` contact sheets and subfolders holding a ``manifest.jsonl`` skipped). Images are read exactly as the
 reference implementations read them (PIL's ``convert("RGB")``, grey kept grey for NIQE), not through
 :mod:`ilvr_cli.io.load`'s normalisation, but refused on the same grounds: not a regular file, empty,
 not an image, truncated or corrupt, over a pixel limit checked from the header before decoding.
@@ -10,10 +9,7 @@ not an image, truncated or corrupt, over a pixel limit checked from the header b
 
 from __future__ import annotations
 
-import stat
-import struct
 import warnings
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,8 +17,9 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ilvr_cli.errors import InputError, UsageError
+from ilvr_cli.io.files import DECODE_ERRORS, check_regular_file, not_regular_file
 from ilvr_cli.io.load import DEFAULT_MAX_PIXELS
-from ilvr_cli.io.scan import IMAGE_EXTENSIONS, InputItem, scan_inputs
+from ilvr_cli.io.scan import GRID_DIR, IMAGE_EXTENSIONS, InputItem, scan_inputs
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -36,21 +33,6 @@ __all__ = [
     "load_rgb_or_gray",
     "scan_folder",
 ]
-
-#: The task commands' contact-sheet folder (``ilvr_cli.tasks.runner.GRID_DIR``; not imported from there,
-#: which would import torch). Its sheets are not outputs, so the metrics and training never read them.
-GRID_DIR = "_grids"
-
-#: What Pillow raises on broken files besides ``UnidentifiedImageError`` (as :mod:`ilvr_cli.io.load`).
-DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error, IndexError)
-
-_KINDS = (
-    (stat.S_ISDIR, "a folder"),
-    (stat.S_ISFIFO, "a named pipe (FIFO)"),
-    (stat.S_ISSOCK, "a socket"),
-    (stat.S_ISCHR, "a character device"),
-    (stat.S_ISBLK, "a block device"),
-)
 
 
 @dataclass(frozen=True)
@@ -68,7 +50,7 @@ class FolderScan:
 
 
 def scan_folder(folder: Path) -> FolderScan:
-    """The images of a folder by the task commands' rules (module docstring), ``_grids/`` left out.
+    """The images of a folder by the task commands' rules (module docstring).
 
     The folder itself may hold a ``manifest.jsonl``: scoring an output folder is the point. An empty
     result is not an error here; the caller says what it needed.
@@ -80,51 +62,16 @@ def scan_folder(folder: Path) -> FolderScan:
         found = scan_inputs(folder)
     except UsageError:  # the folder exists, so this is scan_inputs' "no image is under FOLDER"
         return FolderScan(folder, (), ())
-    kept = [item for item in found.items if GRID_DIR not in item.rel.parts[:-1]]
     return FolderScan(
         folder,
-        tuple(item for item in kept if item.supported),
-        tuple(item for item in kept if not item.supported),
+        tuple(item for item in found.items if item.supported),
+        tuple(item for item in found.items if not item.supported),
     )
 
 
 def list_images(folder: Path) -> list[Path]:
     """Readable image files under ``folder`` (:func:`scan_folder`), sorted by their relative path."""
     return [item.path for item in scan_folder(folder).images]
-
-
-def not_regular_file(path: Path) -> str | None:
-    """Why ``path`` cannot be read as a file with content, or None if it can.
-
-    FIFOs would block a reader; files of /proc and /sys report a size of 0 but have content, so they are
-    not regular files either.
-    """
-    try:
-        info = path.stat()
-    except FileNotFoundError:
-        return "it does not exist (a broken symlink?)"
-    except OSError as error:
-        return str(error.strerror or error)
-    for test, kind in _KINDS:
-        if test(info.st_mode):
-            return f"not a regular file ({kind})"
-    if info.st_size > 0:
-        return None
-    try:
-        with open(path, "rb") as handle:
-            content = handle.read(1)
-    except OSError as error:
-        return str(error.strerror or error)
-    if content:
-        return "not a regular file (a pseudo-file such as /proc/...: its size is reported as 0)"
-    return "empty file (0 bytes)"
-
-
-def check_regular_file(path: Path, what: str = "image") -> None:
-    """InputError naming ``path`` unless it is a regular file with content (:func:`not_regular_file`)."""
-    problem = not_regular_file(path)
-    if problem is not None:
-        raise InputError(f"cannot read {what} {path}: {problem}")
 
 
 def _megapixels(pixels: float) -> str:

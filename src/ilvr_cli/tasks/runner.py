@@ -27,6 +27,7 @@ from ilvr_cli.ilvr import ILVRHook, LowPass, MaskedILVRHook
 from ilvr_cli.io.grid import make_grid
 from ilvr_cli.io.load import load_image, load_mask
 from ilvr_cli.io.manifest import append_record
+from ilvr_cli.io.scan import GRID_DIR
 from ilvr_cli.io.write import save_gif, save_png, to_uint8
 from ilvr_cli.tasks.config import TaskConfig
 from ilvr_cli.tasks.distributed import (
@@ -52,8 +53,6 @@ from ilvr_cli.tasks.result import Failure, TaskResult
 
 #: ``--animate`` keeps at most this many frames of the predicted x_0 (evenly spaced, the last included).
 ANIMATION_FRAMES = 40
-#: Contact sheets go here inside OUTPUT, named after the first output of their batch.
-GRID_DIR = "_grids"
 
 
 def run_task(

@@ -19,8 +19,9 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from ilvr_cli.errors import InputError, UsageError
+from ilvr_cli.io.files import DECODE_ERRORS, not_regular_file
 from ilvr_cli.io.scan import IMAGE_EXTENSIONS as TASK_IMAGE_EXTENSIONS
-from ilvr_cli.metrics.images import DECODE_ERRORS, not_regular_file, scan_folder
+from ilvr_cli.metrics.images import scan_folder
 
 __all__ = [
     "IMAGE_EXTENSIONS",
