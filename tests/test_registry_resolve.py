@@ -150,11 +150,15 @@ def test_paths_names_and_errors(tmp_path: Path, tiny_pt: Path, monkeypatch: pyte
 
 
 def test_offline_then_online(tmp_path: Path, tiny_pt: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Offline mode forbids fetching (even from a local source) and names where the file goes."""
-    write_user_catalog(tmp_path, {"tiny": tiny_entry(tiny_pt)})
+    """Offline mode forbids the network, even a localhost URL, and names where the file goes; a local-path
+    source is no network and still imports offline (test_registry_integrity.py covers both)."""
+    url_entry = tiny_entry(tiny_pt)
+    url_entry["files"][0]["sources"] = [{"url": "http://127.0.0.1:9/tiny.pt"}]
+    write_user_catalog(tmp_path, {"tiny": url_entry})
     with pytest.raises(OfflineError) as info:
         load_model("tiny", cache_dir=tmp_path, offline=True)
     assert str(tmp_path / "models" / "tiny" / "tiny.pt") in str(info.value)
+    write_user_catalog(tmp_path, {"tiny": tiny_entry(tiny_pt)})
     load_model("tiny", cache_dir=tmp_path)
     assert load_model("tiny", cache_dir=tmp_path, offline=True).format == "ilvr-cli"
     known = KnownHashes(tmp_path).get("tiny", "tiny.pt")

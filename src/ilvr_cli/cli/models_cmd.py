@@ -25,7 +25,7 @@ from rich.progress import (
 from rich.table import Table
 
 from ilvr_cli.cli.common import err, handle_errors, out
-from ilvr_cli.errors import UsageError
+from ilvr_cli.errors import CheckpointError, UsageError
 
 if TYPE_CHECKING:
     from ilvr_cli.registry.catalog import ModelSpec
@@ -138,13 +138,20 @@ def list_models(cache_dir: CacheDirOption = None) -> None:
 @handle_errors
 def info(
     name: Annotated[str, typer.Argument(help="A catalog name.")],
-    verify: Annotated[bool, typer.Option("--verify", help="Rehash the cached files now.")] = False,
+    verify: Annotated[
+        bool,
+        typer.Option(
+            "--verify",
+            help="Rehash the files now; a cached file that does not match is deleted, and any mismatch "
+            "exits with code 3.",
+        ),
+    ] = False,
     cache_dir: CacheDirOption = None,
 ) -> None:
     """Everything the catalog and the cache know about one model, sha256 values included."""
     from ilvr_cli.registry import load_catalog, model_status
     from ilvr_cli.registry.download import format_bytes
-    from ilvr_cli.registry.manage import file_infos, verify_model
+    from ilvr_cli.registry.manage import file_infos
 
     spec = load_catalog(cache_dir).get(name)
     status = model_status(spec, cache_dir)
@@ -194,9 +201,35 @@ def info(
         table.add_row(escape(key), value if key == "cached" else escape(value))
     out.print(table)
     if verify:
-        for file_name, ok in verify_model(spec, cache_dir).items():
-            mark = "[green]ok[/]" if ok else "[red]MISMATCH (deleted)[/]"
-            out.print(f"verify {escape(file_name)}: {mark}")
+        _verify(spec, cache_dir)
+
+
+def _verify(spec: ModelSpec, cache_dir: Path | None) -> None:
+    """Rehash an entry's cached files, one line each; any mismatch ends in a CheckpointError (exit 3)."""
+    from ilvr_cli.registry.manage import check_files
+
+    checks = check_files(spec, cache_dir)
+    if not checks:
+        out.print("verify: nothing of this model is in the cache")
+    for c in checks:
+        detail = f" ({escape(c.detail)})" if c.detail else ""
+        if c.outcome == "ok":
+            out.print(f"verify {escape(c.name)}: [green]ok[/]{detail}")
+        elif c.outcome == "deleted":
+            out.print(f"verify {escape(c.name)}: [red]MISMATCH[/]{detail}: deleted")
+        else:
+            out.print(f"verify {escape(c.name)}: [red]MISMATCH[/]{detail}: the file shipped with ilvr-cli is "
+                      "damaged and was left in place; reinstall ilvr-cli")  # fmt: skip
+    bad = [c for c in checks if c.outcome != "ok"]
+    if not bad:
+        return
+    names = ", ".join(c.name for c in bad)
+    if any(c.outcome == "damaged" for c in bad):
+        raise CheckpointError(f"{spec.name}: {names} failed verification; reinstall ilvr-cli")
+    raise CheckpointError(
+        f"{spec.name}: {names} failed verification and {'was' if len(bad) == 1 else 'were'} deleted; "
+        f"run `ilvr models download {spec.name}` to fetch (or convert) {'it' if len(bad) == 1 else 'them'} again"
+    )
 
 
 @app.command("download")
@@ -250,19 +283,29 @@ def path(
 def rm(
     names: Annotated[list[str], typer.Argument(help="Catalog names.", show_default=False)],
     forget: Annotated[
-        bool, typer.Option("--forget", help="Also drop entries you added from your catalog.")
+        bool,
+        typer.Option(
+            "--forget",
+            help="Also forget the sha256 recorded at first download (to accept a file the publisher "
+            "replaced), and drop entries you added from your catalog.",
+        ),
     ] = False,
     cache_dir: CacheDirOption = None,
 ) -> None:
-    """Delete models from the cache (first-use sha256 records are kept, so a re-download is still checked)."""
-    from ilvr_cli.registry import remove_model
+    """Delete models from the cache (first-use sha256 records are kept, so a re-download is still checked,
+    unless --forget)."""
+    from ilvr_cli.registry import load_catalog, remove_model
     from ilvr_cli.registry.download import format_bytes
 
+    catalog = load_catalog(cache_dir)
+    origins = {name: catalog.get(name).origin for name in names}  # every name is checked first
     for name in names:
         freed = remove_model(name, cache_dir, forget=forget)
-        out.print(
-            f"{escape(name)}: removed ({format_bytes(freed)} freed)" + (", forgotten" if forget else "")
-        )
+        said = f"{escape(name)}: removed ({format_bytes(freed)} freed)"
+        if forget:
+            said += ", first-use sha256 records (if any) forgotten"
+            said += ", entry dropped from your catalog" if origins[name] == "user" else ""
+        out.print(said)
 
 
 @app.command("add")

@@ -20,7 +20,9 @@ import json
 import os
 import pickle
 import re
-from collections.abc import Mapping
+import warnings
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -46,6 +48,7 @@ __all__ = [
     "LoadedModel",
     "load_checkpoint",
     "read_native_metadata",
+    "read_state_dict",
     "save_native",
 ]
 
@@ -169,17 +172,45 @@ class DiffusersAdapter:
         found = diffusers_format.find_files(self._folder(path))
         assert found is not None  # matches() said so
         config_path, weights_path, scheduler_path = found
-        unet = diffusers_format.unet_config_from_diffusers(diffusers_format.read_json(config_path))
+        with _config_errors(config_path):
+            unet = diffusers_format.unet_config_from_diffusers(diffusers_format.read_json(config_path))
         diffusion = None
         if scheduler_path is not None:
-            diffusion = diffusers_format.diffusion_config_from_scheduler(
-                diffusers_format.read_json(scheduler_path)
-            )
+            with _config_errors(scheduler_path):
+                diffusion = diffusers_format.diffusion_config_from_scheduler(
+                    diffusers_format.read_json(scheduler_path)
+                )
         if weights_path.suffix == ".safetensors":
             raw = _load_safetensors(weights_path, map_location)
         else:
             raw = _torch_load(weights_path, map_location)
         return Converted(diffusers_format.convert_state_dict(raw, unet), unet, diffusion)
+
+
+#: What reading a JSON config with a wrong value type or a missing key raises (int("x"), cfg["key"], ...).
+_CONFIG_ERRORS = (
+    KeyError,
+    TypeError,
+    ValueError,
+    IndexError,
+    ZeroDivisionError,
+    AttributeError,
+    OverflowError,
+)
+
+
+@contextmanager
+def _config_errors(path: Path) -> Iterator[None]:
+    """Turn any error while interpreting the JSON config ``path`` into a CheckpointError naming it."""
+    try:
+        yield
+    except CheckpointError as err:
+        if str(err).startswith(str(path)):
+            raise
+        raise CheckpointError(f"{path}: {err}") from err
+    except _CONFIG_ERRORS as err:
+        detail = f"missing key {err}" if isinstance(err, KeyError) else f"{type(err).__name__}: {err}"
+        raise CheckpointError(f"{path}: malformed diffusers config ({detail})") from err
 
 
 #: Tried in order; the first whose ``matches`` is true reads the file.
@@ -300,6 +331,16 @@ def save_native(
     return target
 
 
+def read_state_dict(path: str | os.PathLike[str], map_location: MapLocation = "cpu") -> dict[str, Tensor]:
+    """The tensors of a ``.safetensors`` file, or of a ``.pt``/``.pth``/``.bin`` state dict read with
+    ``torch.load(weights_only=True)`` (a ``module.`` prefix on every key dropped); CheckpointError if it is
+    neither a readable file nor a plain state dict of tensors. No network is built."""
+    p = Path(path)
+    if p.suffix == ".safetensors":
+        return _load_safetensors(p, map_location)
+    return _strip_prefix(_torch_load(p, map_location), "module.")
+
+
 def read_native_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
     """The string metadata of a ``.safetensors`` file (header only; no tensor is read)."""
     return dict(_safetensors_metadata(Path(path), strict=True))
@@ -322,10 +363,18 @@ def _load_safetensors(path: Path, map_location: MapLocation) -> dict[str, Tensor
         raise CheckpointError(f"{path}: cannot read tensors ({err})") from err
 
 
+#: The start of torch's warning about a pickle protocol other than 2 (``warnings`` matches it as a regex).
+_PROTOCOL_WARNING = r"Detected pickle protocol \d+ in the checkpoint"
+
+
 def _torch_load(path: Path, map_location: MapLocation) -> dict[str, Tensor]:
     """``torch.load(weights_only=True)``: tensors and plain containers only, never arbitrary objects."""
     try:
-        obj: Any = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():
+            # torch warns about any pickle protocol but 2 (older guided-diffusion .pt files use 3 or 4);
+            # the file either loads as plain tensors or fails below with a clear error: not the user's concern
+            warnings.filterwarnings("ignore", message=_PROTOCOL_WARNING, category=UserWarning)
+            obj: Any = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
         what = f"it needs {found.group(1)}" if found else "it holds more than tensors"

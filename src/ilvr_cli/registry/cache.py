@@ -5,11 +5,13 @@ Layout (docs/registry.md)::
     <root>/                              --cache-dir, else ILVR_CACHE_DIR, else platformdirs' user cache dir
       catalog.json                       your entries (`ilvr models add`), merged over the built-in catalog
       known_hashes.json                  sha256 recorded at first download where none is published
+                                         (kept by `ilvr models rm`, dropped by `ilvr models rm --forget`)
       models/<name>/
         <file>                           a downloaded file, as published
         <file>.part, <file>.part.json    an interrupted download and where it came from (resumed with Range)
         model.safetensors                the converted weights that are loaded (memory-mapped)
-        manifest.json                    size, sha256, source and trust of each file here
+        manifest.json                    size, sha256, source and trust of each file here (every use
+                                         rehashes a file and compares it with this sha256)
         .lock, .<file>.lock              inter-process locks (empty files)
 """
 
@@ -112,7 +114,8 @@ def update_json(path: Path, change: Callable[[dict[str, Any]], object]) -> dict[
 
 @dataclass(frozen=True)
 class FileRecord:
-    """What we know about a file in the cache: checked content, and a stamp to recheck it cheaply."""
+    """What we know about a file in the cache: its checked content (sha256, compared on every use), and the
+    size and mtime it had then (informational: a corruption can keep both, so they never replace the hash)."""
 
     sha256: str
     size: int
@@ -127,7 +130,8 @@ class FileRecord:
         return cls(sha256, st.st_size, st.st_mtime_ns, trust, source, now_iso())
 
     def stamp_matches(self, path: Path) -> bool:
-        """True when size and modification time are unchanged since the file was hashed."""
+        """True when size and modification time are unchanged since the file was hashed (not proof that
+        the content is: only used to decide whether the record needs refreshing)."""
         try:
             st = path.stat()
         except OSError:
@@ -175,3 +179,17 @@ class KnownHashes:
     def record(self, model: str, file_name: str, sha256: str, size: int, source: str) -> None:
         entry = {"sha256": sha256, "size": size, "source": source, "recorded_at": now_iso()}
         update_json(self.path, lambda d: d.setdefault(self.key(model, file_name), entry))
+
+    def forget(self, model: str) -> int:
+        """Drop every hash recorded for ``model``'s files (``ilvr models rm --forget``); how many there were."""
+        prefix = self.key(model, "")
+        dropped: list[str] = []
+
+        def drop(data: dict[str, Any]) -> None:
+            dropped.extend(k for k in data if k.startswith(prefix))
+            for key in dropped:
+                del data[key]
+
+        if self.path.exists():
+            update_json(self.path, drop)
+        return len(dropped)

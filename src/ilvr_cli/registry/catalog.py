@@ -36,12 +36,13 @@ BUILTIN_CATALOG: Path = Path(str(resources.files("ilvr_cli") / "data" / "catalog
 USER_CATALOG_NAME = "catalog.json"
 CATALOG_VERSION = 1
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
-_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
-_GDRIVE_ID_RE = re.compile(r"^[A-Za-z0-9_-]{10,100}$")
+# Always used with fullmatch: ``re.match`` with ``$`` would accept a trailing newline ("name\n").
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
+_SHA256_RE = re.compile(r"[0-9a-f]{64}")
+_GDRIVE_ID_RE = re.compile(r"[A-Za-z0-9_-]{10,100}")
 LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 _SOURCE_KINDS = ("url", "gdrive", "path", "package")
-_PACKAGE_RE = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$")
+_PACKAGE_RE = re.compile(r"[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*")
 
 Kind = Literal["diffusion", "weights"]
 Origin = Literal["builtin", "user"]
@@ -56,7 +57,7 @@ def validate_name(name: str) -> str:
 
     A name is used as ``<cache>/models/<name>``, so this is what keeps a name from writing outside the cache.
     """
-    if not isinstance(name, str) or not _NAME_RE.match(name) or ".." in name:
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name) or ".." in name:
         raise UsageError(
             f"invalid model name {name!r}: use 1-64 letters, digits, '.', '_', '+' or '-', "
             "starting with a letter or digit, without '..' or path separators"
@@ -242,14 +243,14 @@ def _parse_source(data: Any, where: str, origin: Origin) -> Source:
             raise _fail(where, f"{source.url}: only https URLs (or http://localhost in your own catalog)")
         if not parts.hostname:
             raise _fail(where, f"{source.url}: no host")
-    elif source.gdrive and not _GDRIVE_ID_RE.match(source.gdrive):
+    elif source.gdrive and not _GDRIVE_ID_RE.fullmatch(source.gdrive):
         raise _fail(where, f"{source.gdrive!r} is not a Google Drive file id")
     elif source.path is not None and origin != "user":
         raise _fail(where, "local path sources are only allowed in your own catalog")
     elif source.package is not None:
         if origin != "builtin":
             raise _fail(where, "package sources are only allowed in the built-in catalog")
-        if not _PACKAGE_RE.match(source.package) or ".." in source.package.split("/"):
+        if not _PACKAGE_RE.fullmatch(source.package) or ".." in source.package.split("/"):
             raise _fail(
                 where, f"package source {source.package!r} must be a relative path under ilvr_cli/data"
             )
@@ -263,11 +264,11 @@ def _parse_file(data: Any, where: str, origin: Origin) -> FileSpec:
     if unknown:
         raise _fail(where, f"unknown file keys {sorted(unknown)}")
     name = data.get("name")
-    if not isinstance(name, str) or not _NAME_RE.match(name) or ".." in name:
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name) or ".." in name:
         raise _fail(where, f"file name {name!r} must be a plain file name")
     where = f"{where} file {name}"
     sha = data.get("sha256")
-    if sha is not None and (not isinstance(sha, str) or not _SHA256_RE.match(sha)):
+    if sha is not None and (not isinstance(sha, str) or not _SHA256_RE.fullmatch(sha)):
         raise _fail(where, f"sha256 must be 64 lowercase hex digits, not {sha!r}")
     for key in ("size", "approx_size"):
         value = data.get(key)

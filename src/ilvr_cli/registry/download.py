@@ -2,13 +2,18 @@
 
 One file, :func:`ensure_file`:
 
-1. under a per-file lock (a second process waits, then finds the file), reuse a cached copy whose recorded
-   size and mtime are unchanged, or rehash a file that is new or changed;
+1. under a per-file lock (a second process waits, then finds the file), reuse a cached copy only after
+   rehashing it: its bytes must match the published sha256, else the one recorded at first use, else the
+   one in its manifest (a size and mtime kept by a corruption prove nothing); a mismatch deletes it;
 2. else try each source in order: stream to ``<file>.part`` (resuming a previous ``.part`` from the same
    source with an HTTP ``Range`` request), retrying transient errors with exponential backoff; a read that
    stalls for ``timeout`` seconds counts as a transient error;
-3. check the sha256 (published, or recorded on first download) and size; a mismatch deletes the file and
-   names the bad source, and the next source is tried; a good file is renamed into place atomically.
+3. check the size and the sha256 (published, or recorded on first download); a web page instead of the
+   file, a mismatch, or (first use: no hash to compare with) a file that fails the entry's content check
+   (:mod:`ilvr_cli.registry.checks`) deletes the file and names the bad source, and the next source is
+   tried; a good file is renamed into place atomically, and only then is a first-use hash recorded.
+
+Offline (``ILVR_OFFLINE=1``), only local-path sources are used: the network stays closed.
 
 Google Drive sources go through the ``drive.usercontent.google.com`` endpoint and its confirm form. URLs
 must be https, except local paths and localhost URLs in entries the user added. Nothing here prints:
@@ -17,6 +22,7 @@ progress goes to a :class:`DownloadProgress`.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import http.client
 import os
@@ -33,7 +39,7 @@ from urllib.parse import urlencode, urljoin, urlsplit
 from urllib.request import HTTPRedirectHandler, OpenerDirector, Request, build_opener
 
 from ilvr_cli import __version__
-from ilvr_cli.errors import DownloadError, OfflineError
+from ilvr_cli.errors import DownloadError, IlvrError, OfflineError
 from ilvr_cli.registry.cache import (
     FileRecord,
     KnownHashes,
@@ -45,6 +51,7 @@ from ilvr_cli.registry.cache import (
     write_json_atomic,
 )
 from ilvr_cli.registry.catalog import LOCAL_HOSTS, FileSpec, Source
+from ilvr_cli.registry.checks import ContentCheck, looks_like_web_page
 from ilvr_cli.registry.lock import FileLock
 
 __all__ = [
@@ -381,6 +388,7 @@ class _Context:
     opener: OpenerDirector
     label: str
     allow_local: bool
+    check: ContentCheck | None = None
 
 
 def _attempt(source: Source, part: _Part, name: str, ctx: _Context) -> None:
@@ -427,12 +435,34 @@ def _fetch_from_source(
     if spec.size is not None and part.size != spec.size:
         part.discard()
         raise _SourceFailed(f"served {part.size} bytes, expected {spec.size}; the file was deleted")
-    if expected is not None and digest != expected:
-        part.discard()
-        raise _SourceFailed(f"sha256 mismatch (got {digest}, expected {expected}); the file was deleted")
+    if expected is None or digest != expected:
+        problem = _content_problem(part.path, spec.name, expected, digest, ctx.check)
+        if problem is not None:
+            part.discard()
+            raise _SourceFailed(f"{problem}; the file was deleted")
     os.replace(part.path, final)
     part.meta_path.unlink(missing_ok=True)
     return digest
+
+
+def _content_problem(
+    path: Path, name: str, expected: str | None, digest: str, check: ContentCheck | None
+) -> str | None:
+    """Why a file whose sha256 is ``digest`` cannot be ``name`` (None if it can): a web page, a hash that
+    differs from ``expected``, or (no hash to compare with: first use) a failed content ``check``."""
+    if expected is not None and digest == expected:
+        return None
+    if looks_like_web_page(path, name):
+        return "served a web page (a sign-in, quota or error page?) instead of the file"
+    if expected is not None:
+        return f"sha256 mismatch (got {digest}, expected {expected})"
+    if check is not None:
+        try:
+            check(path, name)
+        except IlvrError as error:
+            reason = str(error).removeprefix(f"{path}: ")
+            return f"does not load as a checkpoint ({reason})"
+    return None
 
 
 # ---------------------------------------------------------------------------------------- the entry
@@ -451,13 +481,15 @@ def cached_file(
     *,
     model: str,
     root: Path,
-    full_check: bool = False,
     progress: DownloadProgress | None = None,
+    check: ContentCheck | None = None,
 ) -> FetchedFile | None:
-    """The cached copy of ``spec`` if present and valid; a corrupt copy is deleted (and None returned).
+    """The cached copy of ``spec`` if present and intact; a bad copy is deleted (and None returned).
 
-    A file whose size and mtime match its manifest record is trusted without rehashing, unless
-    ``full_check``; a new (e.g. placed by hand) or changed file is hashed and checked.
+    The file is always rehashed: its bytes must match the published sha256, else the first-use one, else
+    the one its manifest recorded (a size and mtime that were kept say nothing about the content). A file
+    with no hash to compare with (placed in the cache by hand) must pass the checks of a first download
+    (size, not a web page, ``check``) before its hash is recorded.
     """
     final = directory / spec.name
     if not final.is_file():
@@ -465,22 +497,24 @@ def cached_file(
     progress = progress or NullProgress()
     manifest, known = Manifest(directory), KnownHashes(root)
     record = manifest.get(spec.name)
-    expected = _expected_sha256(spec, model, known)
-    if record and not full_check and record.stamp_matches(final) and expected in (None, record.sha256):
-        return FetchedFile(final, record.sha256, record.trust)
-    progress.note(f"checking {model}/{spec.name}")
+    expected = _expected_sha256(spec, model, known) or (record.sha256 if record else None)
     digest, size = sha256_file(final), final.stat().st_size
-    if (expected is not None and digest != expected) or (spec.size is not None and size != spec.size):
-        what = f"sha256 {digest} is not {expected}" if expected else f"size {size} is not {spec.size}"
-        progress.note(f"{final}: {what}; deleting it")
+    problem = None
+    if spec.size is not None and size != spec.size:
+        problem = f"size {size} is not {spec.size}"
+    elif (problem := _content_problem(final, spec.name, expected, digest, check)) is not None:
+        problem = problem.removeprefix("served ")
+    if problem is not None:
+        progress.note(f"{final}: {problem}; deleting it")
         final.unlink()
         manifest.remove(spec.name)
         return None
     trust: Trust = "published" if spec.sha256 else "first-use"
     if expected is None:
         known.record(model, spec.name, digest, size, "placed in the cache by hand")
-    source = record.source if record else "placed in the cache by hand"
-    manifest.set(spec.name, FileRecord.for_file(final, digest, trust, source))
+    if record is None or not record.stamp_matches(final) or record.sha256 != digest:
+        source = record.source if record else "placed in the cache by hand"
+        manifest.set(spec.name, FileRecord.for_file(final, digest, trust, source))
     return FetchedFile(final, digest, trust)
 
 
@@ -494,7 +528,10 @@ def _offline_message(model: str, spec: FileSpec, directory: Path) -> str:
 
 
 def _download(spec: FileSpec, directory: Path, *, model: str, root: Path, ctx: _Context) -> FetchedFile:
-    """Download one alternative under its lock; _AllNotFound if every source said "no such file"."""
+    """Download one alternative under its lock; _AllNotFound if every source said "no such file".
+
+    A first-use hash is recorded only here, after the file passed every check and was renamed into place.
+    """
     lock = FileLock(
         directory / f".{spec.name}.lock",
         timeout=ctx.options.lock_timeout,
@@ -502,7 +539,7 @@ def _download(spec: FileSpec, directory: Path, *, model: str, root: Path, ctx: _
         what=f"{model}/{spec.name}",
     )
     with lock:
-        found = cached_file(spec, directory, model=model, root=root, progress=ctx.progress)
+        found = cached_file(spec, directory, model=model, root=root, progress=ctx.progress, check=ctx.check)
         if found is not None:
             return found  # another process finished it while we waited
         known = KnownHashes(root)
@@ -526,6 +563,13 @@ def _download(spec: FileSpec, directory: Path, *, model: str, root: Path, ctx: _
     message = f"could not download {model}/{spec.name}: " + "; ".join(failures)
     if all_not_found:
         raise _AllNotFound(message)
+    pinned = None if spec.sha256 else known.get(model, spec.name)
+    if pinned is not None and any("sha256 mismatch" in f for f in failures):
+        raise DownloadError(
+            f"{message}; the expected sha256 was recorded at the first download ({pinned.get('recorded_at', '?')}"
+            f" from {pinned.get('source', '?')}): if the publisher replaced the file, run "
+            f"`ilvr models rm {model} --forget` and try again"
+        )
     raise DownloadError(message + _by_hand_hint(model))
 
 
@@ -543,28 +587,45 @@ def ensure_file(
     options: DownloadOptions | None = None,
     progress: DownloadProgress | None = None,
     allow_local: bool = False,
+    check: ContentCheck | None = None,
 ) -> FetchedFile:
     """``directory/spec.name`` (or a fallback's), verified; downloaded first if it is not in the cache.
 
-    Raises OfflineError when the file is missing and ``offline`` (default: ``ILVR_OFFLINE``), and
+    ``check`` is what a file without a published sha256 must pass before its hash is recorded on first use
+    (see :mod:`ilvr_cli.registry.checks`). When ``offline`` (default: ``ILVR_OFFLINE``) only local-path
+    sources are tried; without one, a missing file raises OfflineError saying where to put it. Raises
     DownloadError naming every source and why it failed when no source delivers a good file.
     """
     progress = progress or NullProgress()
     options = options or DownloadOptions()
     for alternative in spec.alternatives():
-        found = cached_file(alternative, directory, model=model, root=root, progress=progress)
+        found = cached_file(alternative, directory, model=model, root=root, progress=progress, check=check)
         if found is not None:
             return found
-    if is_offline(offline):
-        raise OfflineError(_offline_message(model, spec, directory))
+    alternatives = list(spec.alternatives())
+    offline = is_offline(offline)
+    if offline:  # a copy from a local file never touches the network
+        local = [
+            dataclasses.replace(a, sources=tuple(s for s in a.sources if s.path is not None), fallback=None)
+            for a in alternatives
+        ]
+        alternatives = [a for a in local if a.sources] if allow_local else []
+        if not alternatives:
+            raise OfflineError(_offline_message(model, spec, directory))
     directory.mkdir(parents=True, exist_ok=True)
     not_found: list[str] = []
-    for alternative in spec.alternatives():
-        ctx = _Context(options, progress, _opener(), f"{model}/{alternative.name}", allow_local)
+    for alternative in alternatives:
+        ctx = _Context(options, progress, _opener(), f"{model}/{alternative.name}", allow_local, check)
         try:
             return _download(alternative, directory, model=model, root=root, ctx=ctx)
         except _AllNotFound as error:
             not_found.append(str(error))
         except OSError as error:  # the network ones became _Transient/_SourceFailed: this is the disk
             raise DownloadError(f"cannot write {directory / alternative.name}: {error}") from None
+        except DownloadError as error:
+            if offline:
+                raise OfflineError(f"{_offline_message(model, spec, directory)} ({error})") from None
+            raise
+    if offline:
+        raise OfflineError(f"{_offline_message(model, spec, directory)} ({'; '.join(not_found)})")
     raise DownloadError("; ".join(not_found) + _by_hand_hint(model))

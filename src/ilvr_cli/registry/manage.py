@@ -12,17 +12,20 @@ from ilvr_cli.config import DiffusionConfig, UNetConfig
 from ilvr_cli.errors import CheckpointError, InputError, UsageError
 from ilvr_cli.registry.cache import (
     CONVERTED_NAME,
+    MANIFEST_NAME,
     FileRecord,
     KnownHashes,
     Manifest,
     cache_root,
     model_dir,
     now_iso,
+    read_json,
     sha256_file,
     update_json,
 )
 from ilvr_cli.registry.catalog import (
     USER_CATALOG_NAME,
+    Catalog,
     FileSpec,
     ModelSpec,
     Source,
@@ -30,14 +33,17 @@ from ilvr_cli.registry.catalog import (
     parse_entry,
     validate_name,
 )
-from ilvr_cli.registry.download import DownloadProgress, cached_file, ensure_file
+from ilvr_cli.registry.checks import checkpoint_check
+from ilvr_cli.registry.download import DownloadProgress, NullProgress, cached_file, ensure_file
 from ilvr_cli.registry.lock import FileLock
 from ilvr_cli.registry.resolve import ResolvedModel, prepare
 
 __all__ = [
+    "FileCheck",
     "FileInfo",
     "ModelStatus",
     "add_model",
+    "check_files",
     "file_infos",
     "model_status",
     "remove_model",
@@ -120,32 +126,92 @@ def file_infos(spec: ModelSpec, cache_dir: str | Path | None = None) -> list[Fil
     return infos
 
 
-def verify_model(
+@dataclass(frozen=True)
+class FileCheck:
+    """One file rehashed by :func:`check_files`. ``outcome``: ``ok``; ``deleted`` (it did not match and is
+    gone: the next use downloads or converts it again); ``damaged`` (a file shipped inside ilvr-cli that does
+    not match its catalog sha256: it cannot be deleted, reinstall ilvr-cli). ``detail`` says what differed."""
+
+    name: str
+    outcome: Literal["ok", "deleted", "damaged"]
+    detail: str = ""
+
+
+class _Notes(NullProgress):
+    """Keeps the notes of a check (the reason a file was deleted) and passes them on."""
+
+    def __init__(self, progress: DownloadProgress | None) -> None:
+        self.progress = progress
+        self.notes: list[str] = []
+
+    def note(self, message: str) -> None:
+        self.notes.append(message)
+        if self.progress is not None:
+            self.progress.note(message)
+
+
+def check_files(
     spec: ModelSpec, cache_dir: str | Path | None = None, progress: DownloadProgress | None = None
-) -> dict[str, bool]:
-    """Rehash every cached file of an entry against its expected sha256; a bad file is deleted (False)."""
+) -> list[FileCheck]:
+    """Rehash every cached file of an entry (downloads and the converted file) against its expected sha256
+    now; a file that does not match is deleted (``deleted``), except a built-in one (``damaged``)."""
     if (builtin := spec.builtin_path) is not None:
         expected = spec.files[0].sha256
-        return {builtin.name: builtin.is_file() and (expected is None or sha256_file(builtin) == expected)}
+        if not builtin.is_file():
+            return [FileCheck(builtin.name, "damaged", f"{builtin} is missing")]
+        digest = sha256_file(builtin)
+        if expected is not None and digest != expected:
+            return [FileCheck(builtin.name, "damaged", f"sha256 {digest}, expected {expected}")]
+        return [FileCheck(builtin.name, "ok")]
     root = cache_root(cache_dir)
     directory = model_dir(root, spec.name)
-    results: dict[str, bool] = {}
+    check = checkpoint_check(spec) if spec.kind == "diffusion" else None
+    results: list[FileCheck] = []
     for top in spec.files:
         for f in top.alternatives():
             if (directory / f.name).is_file():
-                ok = cached_file(f, directory, model=spec.name, root=root, full_check=True, progress=progress)
-                results[f.name] = ok is not None
+                notes = _Notes(progress)
+                found = cached_file(f, directory, model=spec.name, root=root, progress=notes, check=check)
+                detail = notes.notes[-1].removeprefix(f"{directory / f.name}: ") if notes.notes else ""
+                results.append(
+                    FileCheck(f.name, "ok" if found else "deleted", detail.removesuffix("; deleting it"))
+                )
     converted = directory / CONVERTED_NAME
-    record = Manifest(directory).get(CONVERTED_NAME)
-    if converted.is_file() and record is not None:
-        results[CONVERTED_NAME] = sha256_file(converted) == record.sha256
+    if converted.is_file():
+        on_wait = progress.note if progress is not None else None
+        with FileLock(directory / ".lock", on_wait=on_wait, what=spec.name):  # not while it is rewritten
+            results.append(_check_converted(converted))
     return results
 
 
-def remove_model(name: str, cache_dir: str | Path | None = None, *, forget: bool = False) -> int:
-    """Delete an entry's files from the cache (first-use hashes are kept); returns the bytes freed.
+def _check_converted(converted: Path) -> FileCheck:
+    """Rehash ``model.safetensors`` against its manifest record; delete it if it differs."""
+    manifest = Manifest(converted.parent)
+    record = manifest.get(CONVERTED_NAME)
+    digest = sha256_file(converted)
+    if record is None:
+        manifest.set(CONVERTED_NAME, FileRecord.for_file(converted, digest, "converted"))
+        return FileCheck(CONVERTED_NAME, "ok", "no sha256 was recorded; recorded now")
+    if digest != record.sha256:
+        converted.unlink()
+        manifest.remove(CONVERTED_NAME)
+        return FileCheck(CONVERTED_NAME, "deleted", f"sha256 {digest}, recorded {record.sha256}")
+    return FileCheck(CONVERTED_NAME, "ok")
 
-    ``forget`` also drops an entry you added from your catalog.
+
+def verify_model(
+    spec: ModelSpec, cache_dir: str | Path | None = None, progress: DownloadProgress | None = None
+) -> dict[str, bool]:
+    """:func:`check_files` as ``{file name: matched}``; a file that did not match is deleted (unless built in)."""
+    return {c.name: c.outcome == "ok" for c in check_files(spec, cache_dir, progress)}
+
+
+def remove_model(name: str, cache_dir: str | Path | None = None, *, forget: bool = False) -> int:
+    """Delete an entry's files from the cache; returns the bytes freed.
+
+    First-use sha256 records are kept, so a re-download is checked against what was first seen, unless
+    ``forget``: then they are dropped too (to accept a file the publisher replaced), and an entry you
+    added is dropped from your catalog.
     """
     root = cache_root(cache_dir)
     catalog = load_catalog(root)
@@ -160,10 +226,30 @@ def remove_model(name: str, cache_dir: str | Path | None = None, *, forget: bool
         with FileLock(directory / ".lock", what=name):
             shutil.rmtree(directory)
     if forget:
-        if spec.origin != "user":
-            raise UsageError(f"{name} is a built-in model; only entries you added can be forgotten")
-        update_json(root / USER_CATALOG_NAME, lambda d: d.setdefault("models", {}).pop(name, None))
+        KnownHashes(root).forget(spec.name)
+        if spec.origin == "user":
+            update_json(root / USER_CATALOG_NAME, lambda d: d.setdefault("models", {}).pop(name, None))
     return freed
+
+
+def _only_leftovers(directory: Path) -> bool:
+    """True when a model folder holds nothing but lock files and a manifest without files."""
+    for path in directory.iterdir():
+        if path.is_file() and path.name.startswith(".") and path.name.endswith(".lock"):
+            continue
+        if path.name == MANIFEST_NAME and path.is_file() and not read_json(path).get("files"):
+            continue
+        return False
+    return True
+
+
+def _remove_leftovers(directory: Path) -> None:
+    """After a failed ``models add``: delete the model folder it created if nothing of value is in it."""
+    try:
+        if _only_leftovers(directory):
+            shutil.rmtree(directory)
+    except OSError:
+        pass  # best effort: the original error is what the user needs to see
 
 
 def _configs_from_file(path: Path) -> tuple[UNetConfig, DiffusionConfig]:
@@ -190,9 +276,9 @@ def _add_builtin(
     if src.is_file() and len(spec.files) == 1:
         f = spec.files[0]
         local = FileSpec(name=f.name, sources=(Source(path=str(src)),), sha256=f.sha256, size=f.size)
-        ensure_file(
-            local, directory, model=spec.name, root=root, offline=False, progress=progress, allow_local=True
-        )
+        check = checkpoint_check(spec) if spec.kind == "diffusion" else None
+        ensure_file(local, directory, model=spec.name, root=root, offline=False, progress=progress,
+                    allow_local=True, check=check)  # fmt: skip
         (directory / CONVERTED_NAME).unlink(missing_ok=True)  # the file is verified: convert it afresh
         return prepare(
             spec, cache_dir=root, offline=True, progress=progress, convert=spec.kind == "diffusion"
@@ -236,6 +322,25 @@ def add_model(
         raise UsageError("give --like or --config, not both")
     root = cache_root(cache_dir)
     catalog = load_catalog(root)
+    directory = model_dir(root, name)
+    existed = directory.exists()
+    try:
+        return _add(name, src, like, config, root, catalog, progress)
+    except BaseException:
+        if not existed:
+            _remove_leftovers(directory)
+        raise
+
+
+def _add(
+    name: str,
+    src: Path,
+    like: str | None,
+    config: str | Path | None,
+    root: Path,
+    catalog: Catalog,
+    progress: DownloadProgress | None,
+) -> ResolvedModel:
     existing = catalog.models.get(name)
     if existing is not None and existing.origin == "builtin":
         if existing.builtin_path is not None:
@@ -264,32 +369,20 @@ def _add_new(
     root: Path,
     progress: DownloadProgress | None,
 ) -> ResolvedModel:
-    from ilvr_cli.registry.convert import convert_to_native
+    from ilvr_cli.models.checkpoints import load_checkpoint, save_native
 
-    directory = model_dir(root, name)
-    directory.mkdir(parents=True, exist_ok=True)
-    target = directory / CONVERTED_NAME
     if progress is not None:
         progress.note(f"{name}: checking and converting {src}")
+    loaded = load_checkpoint(src, unet_config=unet, diffusion_config=diffusion)  # strict: fails here
+    if loaded.diffusion_config is None:
+        raise CheckpointError(
+            f"{src}: the checkpoint does not say how it was trained (schedule, variance); "
+            "give --like MODEL or --config FILE"
+        )
     file_entry: list[dict[str, Any]] = []
     if src.is_file():
         file_entry = [{"name": src.name, "sha256": sha256_file(src), "size": src.stat().st_size,
                        "sources": [{"path": str(src)}]}]  # fmt: skip
-    with FileLock(directory / ".lock", what=name):
-        target.unlink(missing_ok=True)
-        extra = {"source_model": name, "source_files": str(src)}
-        loaded = convert_to_native(
-            src, target, unet_config=unet, diffusion_config=diffusion, extra_metadata=extra
-        )
-        if loaded.diffusion_config is None:
-            target.unlink()
-            raise CheckpointError(
-                f"{src}: the checkpoint does not say how it was trained (schedule, variance); "
-                "give --like MODEL or --config FILE"
-            )
-        Manifest(directory).set(
-            CONVERTED_NAME, FileRecord.for_file(target, sha256_file(target), "user", str(src))
-        )
     entry = {
         "kind": "diffusion",
         "family": "user",
@@ -305,6 +398,16 @@ def _add_new(
         "added_at": now_iso(),
     }
     spec = parse_entry(name, entry, origin="user")  # validate before writing
+    directory = model_dir(root, name)
+    directory.mkdir(parents=True, exist_ok=True)
+    target = directory / CONVERTED_NAME
+    with FileLock(directory / ".lock", what=name):
+        # atomic: a model already there under this name stays intact until this one is complete
+        extra = {"source_model": name, "source_files": str(src)}
+        save_native(target, loaded.network, loaded.unet_config, loaded.diffusion_config, extra)
+        Manifest(directory).set(
+            CONVERTED_NAME, FileRecord.for_file(target, sha256_file(target), "user", str(src))
+        )
     update_json(
         root / USER_CATALOG_NAME,
         lambda d: (d.setdefault("version", 1), d.setdefault("models", {}).__setitem__(name, entry)),

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ilvr_cli.config import DiffusionConfig, UNetConfig
-from ilvr_cli.errors import DownloadError, InputError, UsageError
+from ilvr_cli.errors import CheckpointError, DownloadError, InputError, UsageError
 from ilvr_cli.registry.cache import (
     CONVERTED_NAME,
     FileRecord,
@@ -23,6 +23,7 @@ from ilvr_cli.registry.cache import (
     sha256_file,
 )
 from ilvr_cli.registry.catalog import Catalog, ModelSpec, load_catalog
+from ilvr_cli.registry.checks import checkpoint_check
 from ilvr_cli.registry.download import (
     DownloadOptions,
     DownloadProgress,
@@ -90,24 +91,33 @@ def _resolve_path(text: str) -> ResolvedModel:
     return ResolvedModel(name=text, path=path.absolute(), format=_path_format(path))
 
 
-def _converted_record(directory: Path) -> Path | None:
-    """The converted file if present and unchanged since it was written (rehashed if its stamp changed)."""
+def _converted_record(directory: Path, progress: DownloadProgress, *, locked: bool) -> Path | None:
+    """The converted file if present and intact: rehashed on every use and compared with its manifest
+    record (its size and mtime prove nothing). A damaged one is never returned; it is deleted (so it is
+    converted again) only when the caller holds the entry's lock, since another process may be writing it.
+
+    Cost: one sha256 pass over the file, about 0.3 s for a 374 MB model (docs/registry.md).
+    """
     converted = directory / CONVERTED_NAME
     if not converted.is_file():
         return None
     manifest = Manifest(directory)
     record = manifest.get(CONVERTED_NAME)
-    if record is not None and record.stamp_matches(converted):
-        return converted
     digest = sha256_file(converted)
     if record is not None and digest != record.sha256:
-        converted.unlink()  # changed behind our back: convert again from the download
+        if not locked:
+            return None  # looked at again under the lock
+        progress.note(
+            f"{converted}: sha256 {digest} is not the recorded {record.sha256} (damaged); "
+            "deleting it and converting again"
+        )
+        converted.unlink()
         manifest.remove(CONVERTED_NAME)
         return None
-    trust = record.trust if record else "converted"
-    manifest.set(
-        CONVERTED_NAME, FileRecord.for_file(converted, digest, trust, record.source if record else "")
-    )
+    if record is None or not record.stamp_matches(converted):
+        trust = record.trust if record else "converted"
+        source = record.source if record else ""
+        manifest.set(CONVERTED_NAME, FileRecord.for_file(converted, digest, trust, source))
     return converted
 
 
@@ -135,6 +145,7 @@ def _download_all(
             options=options,
             progress=progress,
             allow_local=spec.origin == "user",
+            check=checkpoint_check(spec) if spec.kind == "diffusion" else None,
         )
         for f in spec.files
     ]
@@ -199,12 +210,12 @@ def _prepare(
     options = options or DownloadOptions()
     directory = model_dir(root, spec.name)
     diffusion = spec.kind == "diffusion"
-    if diffusion and (path := _converted_record(directory)) is not None:
+    if diffusion and (path := _converted_record(directory, progress, locked=False)) is not None:
         return ResolvedModel(spec.name, path, "ilvr-cli", spec), None
     directory.mkdir(parents=True, exist_ok=True)
     lock = FileLock(directory / ".lock", timeout=options.lock_timeout, on_wait=progress.note, what=spec.name)
     with lock:
-        if diffusion and (path := _converted_record(directory)) is not None:
+        if diffusion and (path := _converted_record(directory, progress, locked=True)) is not None:
             return ResolvedModel(spec.name, path, "ilvr-cli", spec), None
         fetched = _download_all(spec, directory, root, offline=offline, options=options, progress=progress)
         if not (diffusion and convert):
@@ -216,11 +227,18 @@ def _prepare(
 
 
 def _builtin(spec: ModelSpec) -> ResolvedModel:
-    """An entry shipped inside the package (e.g. ``demo``): no cache, no download, no conversion."""
+    """An entry shipped inside the package (e.g. ``demo``): no cache, no download, no conversion; its bytes
+    are checked against the catalog's sha256 on every use (a few ms for the 7 MB demo)."""
     path = spec.builtin_path
     assert path is not None
     if not path.is_file():
         raise InputError(f"{spec.name}: the built-in file {path} is missing; reinstall ilvr-cli")
+    expected = spec.files[0].sha256
+    if expected is not None and (digest := sha256_file(path)) != expected:
+        raise CheckpointError(
+            f"{spec.name}: the file shipped with ilvr-cli ({path}) is damaged (sha256 {digest}, "
+            f"expected {expected}); reinstall ilvr-cli"
+        )
     return ResolvedModel(spec.name, path, spec.format or "ilvr-cli", spec)
 
 

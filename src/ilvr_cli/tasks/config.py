@@ -32,7 +32,7 @@ KERNELS: tuple[str, ...] = get_args(KernelName)
 #: Decompression-bomb guard (pixels per input image), the same default as :mod:`ilvr_cli.io`.
 DEFAULT_MAX_PIXELS = 50_000_000
 
-_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 
 def parse_range(text: str) -> tuple[int, int]:
@@ -119,7 +119,7 @@ class TaskConfig:
         ):
             if value not in choices:
                 raise UsageError(f"{what} {value!r} is not one of {', '.join(choices)}")
-        if not _DEVICE.match(self.device):
+        if not _DEVICE.fullmatch(self.device):
             raise UsageError(f"--device {self.device!r}: choose auto, cpu, cuda (or cuda:N) or mps")
 
     def _check_numbers(self) -> None:

@@ -49,9 +49,9 @@ def _diffusers_size(folder: Path) -> int | None:
         if candidate.is_file():
             try:
                 size = json.loads(candidate.read_text()).get("sample_size")
-            except (OSError, ValueError):
-                return None
-            return int(size[0] if isinstance(size, list) else size) if size else None
+                return int(size[0] if isinstance(size, list) else size) if size else None
+            except (OSError, ValueError, TypeError, IndexError, AttributeError):
+                return None  # malformed: the loader names the file and the problem
     return None
 
 
