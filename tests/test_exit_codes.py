@@ -103,7 +103,7 @@ def _task_offline(task: str) -> Scenario:
 
 def _task_disk_full(task: str) -> Scenario:
     def run(ctx: Ctx) -> list[str]:
-        ctx.raise_in("ilvr_cli.tasks.runner.save_png", OSError(errno.ENOSPC, "No space left on device"))
+        ctx.raise_in("ilvr_cli.tasks.writer.save_png", OSError(errno.ENOSPC, "No space left on device"))
         return _task(task)(ctx)
 
     return run

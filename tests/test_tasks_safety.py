@@ -22,6 +22,7 @@ from ilvr_cli.io.manifest import MANIFEST_NAME, read_records
 from ilvr_cli.io.write import read_png_params
 from ilvr_cli.tasks import TaskConfig, run_task
 from ilvr_cli.tasks import runner as task_runner
+from ilvr_cli.tasks import writer as task_writer
 from ilvr_cli.tasks.model import PreparedModel
 from ilvr_cli.tasks.outputs import LOCK_NAME
 from test_tasks_support import (
@@ -206,7 +207,7 @@ def test_an_output_that_cannot_be_created_is_refused_before_loading(
 def test_disk_full_stops_with_its_code_and_counts_each_result_once(
     model: str, lr: Path, tmp_path: Path, monkeypatch
 ) -> None:
-    real_save = task_runner.save_png
+    real_save = task_writer.save_png
     calls = []
 
     def save_png(path, *args, **kwargs):
@@ -215,7 +216,7 @@ def test_disk_full_stops_with_its_code_and_counts_each_result_once(
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_save(path, *args, **kwargs)
 
-    monkeypatch.setattr(task_runner, "save_png", save_png)
+    monkeypatch.setattr(task_writer, "save_png", save_png)
     out = tmp_path / "out"
     result = upscale(model, lr, out, "-b", "3")
     assert result.exit_code == ExitCode.OUTPUT, result.output
@@ -223,7 +224,7 @@ def test_disk_full_stops_with_its_code_and_counts_each_result_once(
     records = list(read_records(out / MANIFEST_NAME))
     assert [r["output"] for r in records if r["status"] == "done"] == ["000.png"]
     assert not [r for r in records if r["status"] == "failed"]
-    monkeypatch.setattr(task_runner, "save_png", real_save)
+    monkeypatch.setattr(task_writer, "save_png", real_save)
     resumed = upscale(model, lr, out, "--json")
     assert json.loads(resumed.stdout)["skipped"] == 1 and json.loads(resumed.stdout)["done"] == 2
 

@@ -1,10 +1,11 @@
-"""The batch runner: every task is this one loop over the one sampler, with a task-specific reference.
+"""The batch loop: every task is this one loop over the one sampler; a run is three parts.
 
-:func:`run_task` plans (:mod:`~ilvr_cli.tasks.plan`: all usage errors before any model is loaded), takes
-this rank's share of the inputs, skips the samples whose outputs exist (resume), loads the model only if
-something is left, then per batch: reads the references (a bad file fails alone), builds the ILVR hook,
-runs :func:`~ilvr_cli.diffusion.sample_steps`, and writes each result atomically with its parameters, a
-manifest line, and optionally a contact sheet and an animation.
+:func:`run_task` plans (:mod:`~ilvr_cli.tasks.plan`: every usage error before any model is loaded), takes
+this rank's share of the inputs, checks and skips the samples whose outputs exist
+(:mod:`~ilvr_cli.tasks.outputs`), loads the model only if something is left, then per batch: the
+references and ILVR hooks (:mod:`~ilvr_cli.tasks.conditioning`; a bad file fails alone),
+:func:`~ilvr_cli.diffusion.sample_steps`, and each result written with its parameters and manifest line
+(:mod:`~ilvr_cli.tasks.writer`).
 """
 
 from __future__ import annotations
@@ -13,22 +14,17 @@ import dataclasses
 import math
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from ilvr_cli import __version__
 from ilvr_cli.diffusion import Denoiser, NoiseSource, sample_steps
-from ilvr_cli.errors import IlvrError, InputError, OutputError, UsageError
-from ilvr_cli.ilvr import ILVRHook, LowPass, MaskedILVRHook
-from ilvr_cli.io.grid import make_grid
-from ilvr_cli.io.load import load_image, load_mask
-from ilvr_cli.io.manifest import append_record
+from ilvr_cli.errors import IlvrError, UsageError
 from ilvr_cli.io.scan import GRID_DIR
-from ilvr_cli.io.write import save_gif, save_png, to_uint8
+from ilvr_cli.io.write import to_uint8
+from ilvr_cli.tasks.conditioning import Batch, Conditioning
 from ilvr_cli.tasks.config import TaskConfig
 from ilvr_cli.tasks.distributed import (
     DistInfo,
@@ -48,8 +44,9 @@ from ilvr_cli.tasks.outputs import (
 )
 from ilvr_cli.tasks.plan import Settings, TaskPlan, WorkUnit, plan_task, recipe, resolve_settings
 from ilvr_cli.tasks.progress import RunStart, TaskProgress
-from ilvr_cli.tasks.reference import Reference, find_mask, full_reference, upscale_reference
+from ilvr_cli.tasks.reference import Reference
 from ilvr_cli.tasks.result import Failure, TaskResult
+from ilvr_cli.tasks.writer import OutputWriter, output_params, to_pixels
 
 #: ``--animate`` keeps at most this many frames of the predicted x_0 (evenly spaced, the last included).
 ANIMATION_FRAMES = 40
@@ -93,11 +90,6 @@ def group_by_input(units: Sequence[WorkUnit]) -> list[list[WorkUnit]]:
     return groups
 
 
-def to_pixels(x: torch.Tensor) -> np.ndarray:
-    """(3, H, W) in [-1, 1] -> (H, W, 3) float in [0, 1] on the CPU."""
-    return ((x.detach().float().cpu().clamp(-1.0, 1.0) + 1.0) / 2.0).permute(1, 2, 0).numpy()
-
-
 def _reported_settings(plan: TaskPlan) -> dict[str, Any]:
     """The settings a summary reports: for ``upscale``, the N the inputs actually get (model size / input
     size for thumbnails), not only the default for model-size references."""
@@ -107,19 +99,6 @@ def _reported_settings(plan: TaskPlan) -> dict[str, Any]:
         settings["factor"] = used[0] if len(used) == 1 else used
         settings["sources"] = {**settings["sources"], "factor": "input (model size / input size)"}
     return settings
-
-
-@dataclass
-class _Batch:
-    units: list[WorkUnit] = field(default_factory=list)
-    refs: list[Reference | None] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return len(self.units)
-
-    @property
-    def factor(self) -> int | None:
-        return None if not self.refs or self.refs[0] is None else self.refs[0].factor
 
 
 class _Run:
@@ -141,8 +120,11 @@ class _Run:
         self.outputs: dict[str, list[Path]] = {}
         self.seconds: dict[str, float] = {}
         self.failed_labels: set[str] = set()
-        self.lowpass: dict[int, LowPass] = {}
         self.denoiser: Denoiser | None = None
+        self.conditioning: Conditioning | None = None
+        self.writer = OutputWriter(
+            self.out, plan.manifest_path, info.rank, self.config.task, self.config.animate
+        )
         self.size = 0
         self.lock: OutputLock | None = None
         self.factors_used: set[int] = set()
@@ -252,44 +234,14 @@ class _Run:
             self.settings = resolve_settings(self.config, probe, model.diffusion_config.num_timesteps)
             self.result.settings = self.settings.to_dict()
         if hasattr(model.network, "to"):
-            # channels_last: oneDNN / cuDNN convolutions run faster in NHWC (about 11% per forward on this
-            # project's CPU benchmark: benchmarks/bench_unet.py vs --no-channels-last); same math.
+            # channels_last: oneDNN / cuDNN convolutions run faster in NHWC (docs/benchmarks.md); same math.
             model.network = model.network.to(self.plan.device, memory_format=torch.channels_last)
         self.size = model.image_size
+        self.conditioning = Conditioning(self.config, self.settings, self.size)
         self.denoiser = Denoiser.from_loaded(
             model.network, model.diffusion_config, self.settings.steps, autocast_dtype=self.plan.autocast
         )
         self.result.timings.model_load = time.perf_counter() - started
-
-    # ------------------------------------------------------------------ references
-    def _reference(self, unit: WorkUnit) -> Reference | None:
-        """Read and prepare the reference of ``unit``'s input (None for ``sample``)."""
-        if unit.item is None:
-            return None
-        data = load_image(unit.item.path, max_pixels=self.config.max_pixels)
-        factor = self.settings.factor
-        assert factor is not None
-        if self.config.task == "upscale":
-            return upscale_reference(
-                unit.label,
-                data,
-                model_size=self.size,
-                factor=self.config.factor,
-                default_factor=factor,
-                fit=self.config.fit,
-                kernel=self.config.kernel,
-            )
-        mask = None
-        if self.config.mask is not None:
-            mask_path = find_mask(Path(self.config.mask), unit.item.rel)
-            if mask_path is None:
-                raise InputError(
-                    f"{unit.label}: no mask for it under {self.config.mask} (same relative path and name)"
-                )
-            mask = load_mask(mask_path, max_pixels=self.config.max_pixels)
-        return full_reference(
-            unit.label, data, model_size=self.size, factor=factor, fit=self.config.fit, mask=mask
-        )
 
     def _fail(self, label: str, message: str) -> None:
         if label in self.failed_labels:
@@ -299,23 +251,14 @@ class _Run:
         self.failed_labels.add(label)
         self.result.failed.append(Failure(label, message))
         self.progress.image_failed(label, message)
-        append_record(
-            self.plan.manifest_path,
-            {
-                "status": "failed",
-                "input": label,
-                "error": message,
-                "rank": self.info.rank,
-                "task": self.config.task,
-            },
-        )
+        self.writer.failed(label, message)
 
-    def _batches(self, pending: list[list[WorkUnit]]) -> Iterator[_Batch]:
+    def _batches(self, pending: list[list[WorkUnit]]) -> Iterator[Batch]:
         """Batches of up to ``batch_size`` samples sharing one N, references read one input at a time."""
-        batch = _Batch()
+        batch = Batch()
         for group in pending:
             try:
-                ref = self._reference(group[0])
+                ref = self._conditioning().reference(group[0])
             except IlvrError as error:
                 self._fail(group[0].label, str(error))
                 continue
@@ -324,40 +267,17 @@ class _Run:
                     break
                 if batch and ref is not None and batch.factor != ref.factor:
                     yield batch
-                    batch = _Batch()
+                    batch = Batch()
                 batch.units.append(unit)
                 batch.refs.append(ref)
                 if len(batch) == self.config.batch_size:
                     yield batch
-                    batch = _Batch()
+                    batch = Batch()
         if batch:
             yield batch
 
     # ------------------------------------------------------------------ sampling
-    def _lowpass(self, factor: int) -> LowPass:
-        if factor not in self.lowpass:
-            self.lowpass[factor] = LowPass(
-                self.size, self.size, factor, self.config.kernel, self.config.exact
-            )
-        return self.lowpass[factor]
-
-    def _hooks(self, batch: _Batch) -> list[ILVRHook]:
-        refs = [r for r in batch.refs if r is not None]
-        if not refs:
-            return []
-        assert self.denoiser is not None and batch.factor is not None
-        lowpass, schedule = self._lowpass(batch.factor), self.denoiser.schedule
-        images = torch.stack([r.image for r in refs])
-        if refs[0].low_res:
-            return [ILVRHook(lowpass, schedule, low_res=images, t_range=self.settings.t_range)]
-        if refs[0].mask is not None:
-            masks = torch.stack([r.mask for r in refs if r.mask is not None])
-            return [
-                MaskedILVRHook(lowpass, schedule, reference=images, mask=masks, t_range=self.settings.t_range)
-            ]
-        return [ILVRHook(lowpass, schedule, reference=images, t_range=self.settings.t_range)]
-
-    def _sample(self, batch: _Batch) -> tuple[torch.Tensor, list[list[np.ndarray]]]:
+    def _sample(self, batch: Batch) -> tuple[torch.Tensor, list[list[np.ndarray]]]:
         """x_0 of the batch and, with ``--animate``, per sample the frames of the predicted x_0."""
         assert self.denoiser is not None
         noise = NoiseSource(self.config.seed, [u.key for u in batch.units], self.plan.device)
@@ -373,7 +293,7 @@ class _Run:
                 shape=(3, self.size, self.size),
                 method=self.config.method,
                 eta=self.config.eta,
-                hooks=self._hooks(batch),
+                hooks=self._conditioning().hooks(batch, self.denoiser.schedule),
             ),
             start=1,
         ):
@@ -388,31 +308,19 @@ class _Run:
     def _params(self, unit: WorkUnit, ref: Reference | None) -> dict[str, Any]:
         """What an output PNG records about how it was made (its ``ilvr-cli`` text chunk)."""
         assert self.model is not None and self.denoiser is not None
-        mask = None
-        if self.config.mask is not None and unit.item is not None:
-            found = find_mask(Path(self.config.mask), unit.item.rel)
-            mask = found.name if found is not None else None
         made = recipe(
-            self.config,
-            self.model.name,
-            self.settings,
-            self.plan.device,
-            ref.factor if ref is not None else None,
+            self.config, self.model.name, self.settings, self.plan.device, None if ref is None else ref.factor
         )
-        return {
-            "tool": "ilvr-cli",
-            "version": __version__,
-            **made,
-            "model_sha256": self.model.sha256,
-            "input": unit.item.rel.as_posix() if unit.item is not None else None,
-            "sample": unit.k,
-            "key": unit.key,
-            "num_steps": len(self.denoiser.schedule),
-            "mask": mask,
-            "size": [self.size, self.size],
-        }
+        return output_params(
+            made,
+            model_sha256=self.model.sha256,
+            unit=unit,
+            num_steps=len(self.denoiser.schedule),
+            mask=self._conditioning().mask_name(unit),
+            size=self.size,
+        )
 
-    def _run_batch(self, batch: _Batch) -> None:
+    def _run_batch(self, batch: Batch) -> None:
         """Sample a batch (an error fails its samples) and write each result (an output-side error ends
         the run: :class:`OutputError`, after everything finished so far was recorded)."""
         started = time.perf_counter()
@@ -433,7 +341,7 @@ class _Run:
             self.result.timings.sampling += time.perf_counter() - started
 
     def _write(
-        self, batch: _Batch, x0: torch.Tensor, frames: list[list[np.ndarray]], per_sample: float
+        self, batch: Batch, x0: torch.Tensor, frames: list[list[np.ndarray]], per_sample: float
     ) -> None:
         written: list[np.ndarray] = []
         for j, (unit, ref) in enumerate(zip(batch.units, batch.refs, strict=True)):
@@ -447,30 +355,7 @@ class _Run:
             pixels = to_uint8(to_pixels(x0[j]))
             written.append(pixels)
             params = self._params(unit, ref)
-            try:
-                target = save_png(
-                    self.out / unit.output, pixels, params, text={"Software": f"ilvr-cli {__version__}"}
-                )
-                if self.config.animate:
-                    save_gif(target.with_suffix(".gif"), frames[j])
-            except OSError as error:
-                raise OutputError(
-                    f"cannot write {self.out / unit.output}: {error.strerror or error}; "
-                    f"{len(self.result.done)} result(s) of this run were written and are kept; "
-                    "free space or fix the folder's permissions, then rerun the same command to continue"
-                ) from None
-            append_record(
-                self.plan.manifest_path,
-                {
-                    "status": "done",
-                    "output": unit.output.as_posix(),
-                    "input": params["input"],
-                    "sample": unit.k,
-                    "key": unit.key,
-                    "rank": self.info.rank,
-                    "params": params,
-                },
-            )
+            target = self.writer.write(unit, pixels, params, frames[j], len(self.result.done))
             self.result.done.append(unit.output.as_posix())
             self._count(unit, target, per_sample)
         if self.config.grid and len(written) == len(batch):
@@ -484,7 +369,7 @@ class _Run:
             self.result.images_done += 1
             self.progress.image_done(unit.label, self.outputs.pop(unit.label), self.seconds.pop(unit.label))
 
-    def _write_grid(self, batch: _Batch, samples: list[np.ndarray]) -> None:
+    def _write_grid(self, batch: Batch, samples: list[np.ndarray]) -> None:
         """One row per input: the reference as the model got it, its low-pass phi_N(y), the samples."""
         rows: list[list[np.ndarray]] = []
         current: str | None = None
@@ -495,13 +380,15 @@ class _Run:
                 rows[0].append(pixels)
                 continue
             if unit.label != current:
-                lowpass = self._lowpass(ref.factor)
-                image = ref.image.unsqueeze(0)
-                phi = lowpass.up(image) if ref.low_res else lowpass(image)
-                rows.append([to_uint8(to_pixels(ref.image)), to_uint8(to_pixels(phi[0]))])
+                shown, phi = self._conditioning().shown_reference(ref)
+                rows.append([to_uint8(to_pixels(shown)), to_uint8(to_pixels(phi))])
                 current = unit.label
             rows[-1].append(pixels)
-        save_png(self.out / GRID_DIR / batch.units[0].output, make_grid(rows))
+        self.writer.grid(batch.units, rows)
+
+    def _conditioning(self) -> Conditioning:
+        assert self.conditioning is not None, "the model is loaded before any reference is read"
+        return self.conditioning
 
 
 __all__ = ["ANIMATION_FRAMES", "GRID_DIR", "group_by_input", "run_task", "to_pixels"]
