@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -16,6 +17,7 @@ from ilvr_cli.registry.catalog import (
     CatalogError,
     load_catalog,
     parse_entry,
+    parse_families,
     read_catalog_file,
     validate_name,
 )
@@ -135,6 +137,8 @@ def test_issue_facts_are_transcribed(catalog) -> None:
     for name, (file_name, file_id) in drive.items():
         (f,) = catalog[name].files
         assert (f.name, f.sources[0].gdrive) == (file_name, file_id), name
+        # the same architecture, written once: the family adm-light (see test_families_are_written_once)
+        assert catalog[name].family == "adm-light"
         assert (
             catalog[name].unet == catalog["ffhq"].unet
             and catalog[name].diffusion == catalog["ffhq"].diffusion
@@ -171,6 +175,123 @@ def test_issue_facts_are_transcribed(catalog) -> None:
     assert fid.files[0].sources[0].url == (
         "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth"
     )
+
+
+def test_families_are_written_once() -> None:
+    """catalog.json names each shared architecture once, under "families"; the entries that use it hold only
+    what differs, and every family is used."""
+    data = json.loads(BUILTIN_CATALOG.read_text(encoding="utf-8"))
+    families = parse_families(data["families"], "catalog.json")
+    members: dict[str, list[str]] = {name: [] for name in families}
+    blocks: list[str] = []
+    for name, entry in data["models"].items():
+        if entry.get("family") in families:
+            members[entry["family"]].append(name)
+            family = families[entry["family"]]
+            for key, value in entry.items():  # nothing repeated from the family
+                if isinstance(value, dict) and isinstance(family.get(key), dict):
+                    assert all(family[key].get(k) != v for k, v in value.items()), (name, key)
+                else:
+                    assert family.get(key) != value, (name, key)
+        else:  # a complete architecture of its own
+            blocks += [json.dumps(entry[k], sort_keys=True) for k in ("flags", "unet") if k in entry]
+    assert len(blocks) == len(set(blocks)), "an architecture block is repeated: make it a family"
+    assert members == {
+        "adm-light": ["ffhq", "afhq-dog", "afhq-dog-4m", "celebahq", "metfaces", "cub", "flowers"],
+        "adm": ["lsun-bedroom", "lsun-cat", "lsun-horse", "imagenet-256"],
+        "ddpm": ["church", "bedroom", "cat", "celebahq-ddpm", "cifar10"],
+    }
+
+
+FAMILIES = {
+    "tiny": {
+        "image_size": 64,
+        "params": 1,
+        "flags": {"image_size": 64, "num_channels": 32, "num_res_blocks": 1, "learn_sigma": True},
+    }
+}
+TINY = {"family": "tiny", "title": "t", "files": [{"name": "w.pt", "sources": [{"url": "https://e.com/w"}]}]}
+
+
+def test_a_family_is_expanded() -> None:
+    """An entry naming a family is built as if the family's fields were written in the entry."""
+    spec = parse_entry("m", TINY, families=FAMILIES)
+    written_out = parse_entry("m", {**TINY, "family": "label-only", **FAMILIES["tiny"]})
+    assert spec == dataclasses.replace(written_out, family="tiny") and spec.params == 1
+    assert spec.unet == UNetConfig.from_guided_diffusion_flags(FAMILIES["tiny"]["flags"])
+    assert spec.unet.out_channels == 6 and spec.raw["flags"] == FAMILIES["tiny"]["flags"]
+
+
+def test_an_entry_overrides_a_family_field() -> None:
+    """A field the entry gives replaces the family's; flags/unet/diffusion are overridden key by key."""
+    spec = parse_entry("m", {**TINY, "params": 2, "flags": {"dropout": 0.1}}, families=FAMILIES)
+    assert spec.params == 2 and spec.unet.dropout == 0.1
+    assert spec.flags == {**FAMILIES["tiny"]["flags"], "dropout": 0.1}
+    assert spec.unet.model_channels == 32 and spec.unet.image_size == 64  # the rest is the family's
+    assert FAMILIES["tiny"]["flags"].get("dropout") is None  # the family itself is unchanged
+    resized = {**TINY, "image_size": 32, "flags": {"image_size": 32}}
+    assert parse_entry("m", resized, families=FAMILIES).image_size == 32
+    with pytest.raises(CatalogError, match="image_size 32 differs from the UNet's 64"):
+        parse_entry("m", {**TINY, "image_size": 32}, families=FAMILIES)
+
+
+def test_an_unknown_family_is_an_error_naming_the_entry(tmp_path: Path) -> None:
+    path = tmp_path / "catalog.json"
+    path.write_text(json.dumps({"version": 1, "models": {"my-faces": {**TINY, "family": "adm-lite"}}}))
+    with pytest.raises(CatalogError) as error:
+        load_catalog(tmp_path)
+    message = str(error.value)
+    assert str(path) in message and "entry 'my-faces'" in message
+    assert "family 'adm-lite' is not defined (did you mean adm-light" in message
+    # an entry with its own architecture keeps working with any family label (catalogs older than families)
+    assert parse_entry("m", {**TINY, "family": "label", **FAMILIES["tiny"]}).family == "label"
+
+
+@pytest.mark.parametrize(
+    ("families", "message"),
+    [
+        ([], "'families' must be an object"),
+        ({"x": []}, "family 'x': a family is an object"),
+        ({"x": {"title": "t"}}, "family 'x': unknown keys \\['title'\\]"),
+        ({"x": {"flags": "16"}}, "family 'x': 'flags' must be an object"),
+        ({"../x": {}}, "family '../x'"),
+    ],
+)
+def test_malformed_families_are_rejected(tmp_path: Path, families: object, message: str) -> None:
+    path = tmp_path / "catalog.json"
+    path.write_text(json.dumps({"version": 1, "families": families, "models": {}}))
+    with pytest.raises(CatalogError, match=message):
+        read_catalog_file(path, "user")
+
+
+def test_user_catalog_names_builtin_and_own_families(tmp_path: Path, catalog) -> None:
+    """A user's entries may name a built-in family or one of their own (theirs win on a name clash), and
+    entries in the format written before families existed (full flags, any family label) load as before."""
+    old_format = {**catalog["ffhq"].raw, "family": "user", "files": TINY["files"]}
+    models = {
+        "fine-tuned": {**TINY, "family": "adm-light"},
+        "mine": {**TINY, "family": "tiny"},
+        "old": old_format,
+        "labelled": {**old_format, "family": "adm-light"},
+    }
+    (tmp_path / "catalog.json").write_text(json.dumps({"version": 1, "families": FAMILIES, "models": models}))
+    user = load_catalog(tmp_path)
+    for name in ("fine-tuned", "old", "labelled"):
+        spec = user.get(name)
+        assert (spec.unet, spec.diffusion, spec.params) == (
+            catalog["ffhq"].unet,
+            catalog["ffhq"].diffusion,
+            catalog["ffhq"].params,
+        ), name
+        assert spec.origin == "user" and spec.flags == catalog["ffhq"].flags
+    assert user.get("mine").unet.model_channels == 32 and user.get("ffhq") == catalog["ffhq"]
+    assert user.get("old").family == "user" and user.get("fine-tuned").family == "adm-light"
+    shadowing = {"adm-light": FAMILIES["tiny"]}
+    (tmp_path / "catalog.json").write_text(
+        json.dumps({"version": 1, "families": shadowing, "models": {"m": {**TINY, "family": "adm-light"}}})
+    )
+    shadowed = load_catalog(tmp_path)
+    assert shadowed.get("m").unet.image_size == 64 and shadowed.get("ffhq") == catalog["ffhq"]
 
 
 def test_guided_diffusion_flags_give_the_published_configs(catalog) -> None:

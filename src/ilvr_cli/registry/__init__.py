@@ -1,6 +1,8 @@
 """The model registry: catalog names -> verified files in the user cache -> a loaded model.
 
-``load_model("ffhq")`` is what task commands call; ``fetch("fid-inception")`` gives the local path of any
+``resolve_model("ffhq", convert=True)`` gives the verified, converted file (the task commands then load it
+with ``models.checkpoints.load_checkpoint``, see ``tasks/model.py``); ``load_model("ffhq")`` resolves and
+loads in one call (``ilvr train --init-from``); ``fetch("fid-inception")`` gives the local path of any
 entry's files. Importing this package does not import torch (conversion and loading import it lazily).
 See docs/registry.md for the catalog format, the cache layout and the download guarantees.
 """

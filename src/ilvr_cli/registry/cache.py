@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ilvr_cli.atomic import atomic_write_text
-from ilvr_cli.registry.catalog import validate_name
 from ilvr_cli.registry.lock import FileLock
+from ilvr_cli.registry.names import validate_name
 
 __all__ = [
     "CONVERTED_NAME",

@@ -1,8 +1,11 @@
 """The model catalog: data (``ilvr_cli/data/catalog.json`` plus the user's ``catalog.json`` in the cache).
 
 An entry names a checkpoint, where to fetch it (sources tried in order), how to check it (sha256 or
-size) and what it is (UNetConfig, DiffusionConfig, image size, parameter count). The format is documented
-in docs/registry.md. This module reads and validates; it never touches the network and never imports torch.
+size) and what it is (UNetConfig, DiffusionConfig, image size, parameter count). What several entries
+share, their architecture, is written once as a family (``"families": {"adm-light": {...}}``) and an entry
+naming that family holds only what differs; :func:`expand_family` merges the two before parsing. The
+format is documented in docs/registry.md. This module reads and validates; it never touches the network
+and never imports torch.
 """
 
 from __future__ import annotations
@@ -19,6 +22,9 @@ from urllib.parse import urlsplit
 
 from ilvr_cli.config import DiffusionConfig, UNetConfig
 from ilvr_cli.errors import IlvrError, ModelNotFoundError, UsageError
+from ilvr_cli.registry.cache import cache_root
+from ilvr_cli.registry.names import NAME_RE as _NAME_RE
+from ilvr_cli.registry.names import validate_name
 
 __all__ = [
     "BUILTIN_CATALOG",
@@ -27,6 +33,7 @@ __all__ = [
     "FileSpec",
     "ModelSpec",
     "Source",
+    "expand_family",
     "load_catalog",
     "validate_name",
 ]
@@ -36,8 +43,6 @@ BUILTIN_CATALOG: Path = Path(str(resources.files("ilvr_cli") / "data" / "catalog
 USER_CATALOG_NAME = "catalog.json"
 CATALOG_VERSION = 1
 
-# Always used with fullmatch: ``re.match`` with ``$`` would accept a trailing newline ("name\n").
-_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
 _GDRIVE_ID_RE = re.compile(r"[A-Za-z0-9_-]{10,100}")
 LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
@@ -50,19 +55,6 @@ Origin = Literal["builtin", "user"]
 
 class CatalogError(IlvrError):
     """A catalog file is malformed; the message names the file and the entry."""
-
-
-def validate_name(name: str) -> str:
-    """Check that a model name is a safe folder name: letters, digits, ``. _ + -``; no separators, no ``..``.
-
-    A name is used as ``<cache>/models/<name>``, so this is what keeps a name from writing outside the cache.
-    """
-    if not isinstance(name, str) or not _NAME_RE.fullmatch(name) or ".." in name:
-        raise UsageError(
-            f"invalid model name {name!r}: use 1-64 letters, digits, '.', '_', '+' or '-', "
-            "starting with a letter or digit, without '..' or path separators"
-        )
-    return name
 
 
 @dataclass(frozen=True)
@@ -319,8 +311,85 @@ def _model_configs(data: dict[str, Any], where: str) -> tuple[UNetConfig, Diffus
     return unet, diffusion
 
 
-def parse_entry(name: str, data: Any, *, origin: Origin = "builtin", where: str = "catalog") -> ModelSpec:
-    """Validate one entry (see docs/registry.md for the fields) and build its ModelSpec."""
+#: What a family may hold: an architecture (and its size), shared by the entries that name the family.
+_FAMILY_KEYS = ("image_size", "params", "flags", "unet", "diffusion")
+#: Family fields whose keys an entry overrides one by one (the other fields are replaced as a whole).
+_MERGED_KEYS = ("flags", "unet", "diffusion")
+
+Family = Mapping[str, Any]
+
+
+def parse_families(data: Any, where: str) -> dict[str, Family]:
+    """Validate a catalog file's ``families`` object: ``{name: {image_size, params, flags | unet, diffusion}}``."""
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise _fail(where, "'families' must be an object {name: {flags | unet, diffusion, params, ...}}")
+    families: dict[str, Family] = {}
+    for name, family in data.items():
+        family_where = f"{where} family {name!r}"
+        if not isinstance(name, str) or not _NAME_RE.fullmatch(name) or ".." in name:
+            raise _fail(family_where, "a family name is 1-64 letters, digits, '.', '_', '+' or '-'")
+        if not isinstance(family, dict):
+            raise _fail(family_where, "a family is an object")
+        unknown = set(family) - set(_FAMILY_KEYS)
+        if unknown:
+            raise _fail(family_where, f"unknown keys {sorted(unknown)}; a family holds {list(_FAMILY_KEYS)}")
+        for key in _MERGED_KEYS:
+            if key in family and not isinstance(family[key], dict):
+                raise _fail(family_where, f"{key!r} must be an object")
+        families[name] = family
+    return families
+
+
+def expand_family(data: dict[str, Any], families: Mapping[str, Family], where: str) -> dict[str, Any]:
+    """The entry ``data`` with its family's fields filled in (``where`` names the entry in errors).
+
+    An entry whose ``family`` is defined in ``families`` starts from the family's fields; a field the entry
+    gives replaces the family's, except ``flags``, ``unet`` and ``diffusion``, whose keys the entry
+    overrides one by one (``"flags": {"dropout": 0.1}`` changes one flag). A ``family`` that is not defined
+    is only a label (as in catalogs written before families existed), so such a diffusion entry must carry
+    its own ``flags`` or ``unet``/``diffusion``; without them it is an error naming the family.
+    """
+    family_name = data.get("family")
+    family = families.get(family_name) if isinstance(family_name, str) else None
+    if family is None:
+        if (
+            family_name is not None
+            and data.get("kind", "diffusion") == "diffusion"
+            and not any(key in data for key in _MERGED_KEYS)
+        ):
+            close = difflib.get_close_matches(str(family_name), list(families), n=3, cutoff=0.5)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            known = ", ".join(sorted(families)) or "none"
+            raise _fail(
+                where,
+                f"family {family_name!r} is not defined{hint}; defined families: {known}. "
+                "Name a defined family, or give the entry its own 'flags' or 'unet' and 'diffusion'",
+            )
+        return data
+    merged = dict(family)
+    for key, value in data.items():
+        base = merged.get(key)
+        if key in _MERGED_KEYS and isinstance(value, dict) and isinstance(base, Mapping):
+            merged[key] = {**base, **value}
+        else:
+            merged[key] = value
+    return merged
+
+
+def parse_entry(
+    name: str,
+    data: Any,
+    *,
+    origin: Origin = "builtin",
+    where: str = "catalog",
+    families: Mapping[str, Family] | None = None,
+) -> ModelSpec:
+    """Validate one entry (see docs/registry.md for the fields) and build its ModelSpec.
+
+    ``families`` are those the entry may name (see :func:`expand_family`); ``raw`` keeps the expanded entry.
+    """
     where = f"{where} entry {name!r}"
     try:
         validate_name(name)
@@ -331,6 +400,7 @@ def parse_entry(name: str, data: Any, *, origin: Origin = "builtin", where: str 
     unknown = set(data) - _ENTRY_KEYS
     if unknown:
         raise _fail(where, f"unknown keys {sorted(unknown)}")
+    data = expand_family(data, families or {}, where)
     kind = data.get("kind", "diffusion")
     if kind not in ("diffusion", "weights"):
         raise _fail(where, f"kind must be 'diffusion' or 'weights', not {kind!r}")
@@ -369,10 +439,12 @@ def parse_entry(name: str, data: Any, *, origin: Origin = "builtin", where: str 
     )
 
 
-def read_catalog_file(path: Path, origin: Origin) -> dict[str, ModelSpec]:
-    """Parse one catalog file; a missing user catalog is empty."""
+def _read_catalog(
+    path: Path, origin: Origin, inherited: Mapping[str, Family]
+) -> tuple[dict[str, Family], dict[str, ModelSpec]]:
+    """(the families visible to the file's entries, its entries) of one catalog file."""
     if origin == "user" and not path.exists():
-        return {}
+        return dict(inherited), {}
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as error:
@@ -381,14 +453,28 @@ def read_catalog_file(path: Path, origin: Origin) -> dict[str, ModelSpec]:
         raise CatalogError(f"{path}: a catalog is {{'version': 1, 'models': {{name: entry}}}}")
     if data.get("version", CATALOG_VERSION) != CATALOG_VERSION:
         raise CatalogError(f"{path}: catalog version {data.get('version')} is not {CATALOG_VERSION}")
-    return {n: parse_entry(n, e, origin=origin, where=str(path)) for n, e in data["models"].items()}
+    families = {**inherited, **parse_families(data.get("families"), str(path))}
+    models = {
+        n: parse_entry(n, e, origin=origin, where=str(path), families=families)
+        for n, e in data["models"].items()
+    }
+    return families, models
+
+
+def read_catalog_file(
+    path: Path, origin: Origin, *, families: Mapping[str, Family] | None = None
+) -> dict[str, ModelSpec]:
+    """Parse one catalog file; a missing user catalog is empty. Its entries may name the families the
+    file defines and ``families`` (a user catalog's own families win on a name clash)."""
+    return _read_catalog(path, origin, families or {})[1]
 
 
 def load_catalog(cache_dir: str | Path | None = None, *, builtin: Path | None = None) -> Catalog:
-    """The built-in catalog merged with ``<cache root>/catalog.json`` (entries from ``ilvr models add``)."""
-    from ilvr_cli.registry.cache import cache_root
+    """The built-in catalog merged with ``<cache root>/catalog.json`` (entries from ``ilvr models add``).
 
+    Entries of the user's catalog may name the built-in families as well as the families it defines.
+    """
     user_path = cache_root(cache_dir) / USER_CATALOG_NAME
-    models = read_catalog_file(builtin or BUILTIN_CATALOG, "builtin")
-    models.update(read_catalog_file(user_path, "user"))
+    builtin_families, models = _read_catalog(builtin or BUILTIN_CATALOG, "builtin", {})
+    models.update(_read_catalog(user_path, "user", builtin_families)[1])
     return Catalog(models=models, user_path=user_path)

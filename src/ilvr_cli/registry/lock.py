@@ -1,49 +1,26 @@
-"""An inter-process lock on a file: ``fcntl.flock`` on POSIX, ``msvcrt.locking`` on Windows (stdlib only).
+"""An inter-process lock on a file: the ``filelock`` package (``fcntl.flock`` on POSIX, the Windows file lock
+API on Windows) with the registry's messages.
 
 The operating system releases the lock when its holder exits or crashes, so a lock is never stale; the
 lock file itself stays behind (empty, harmless). Two threads of one process exclude each other too, since
-each acquisition opens the file anew.
+each :class:`FileLock` is a lock of its own on the file. What this adds to ``filelock``: one note to the
+user when the lock is busy, and a timeout that is a :class:`DownloadError` naming the lock file.
 """
 
 from __future__ import annotations
 
-import os
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from ilvr_cli.errors import DownloadError
 
+if TYPE_CHECKING:
+    import filelock
+
 __all__ = ["FileLock"]
-
-if sys.platform == "win32":  # pragma: no cover - exercised on Windows only
-    import msvcrt
-
-    def _try_lock(fd: int) -> bool:
-        try:
-            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
-        except OSError:
-            return False
-        return True
-
-    def _unlock(fd: int) -> None:
-        os.lseek(fd, 0, os.SEEK_SET)
-        msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
-
-else:
-    import fcntl
-
-    def _try_lock(fd: int) -> bool:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False
-        return True
-
-    def _unlock(fd: int) -> None:
-        fcntl.flock(fd, fcntl.LOCK_UN)
 
 
 class FileLock:
@@ -67,33 +44,35 @@ class FileLock:
         self.poll = poll
         self.on_wait = on_wait
         self.what = what
-        self._fd: int | None = None
+        self._lock: filelock.FileLock | None = None
 
     def acquire(self) -> None:
+        import filelock  # here, not at import: `ilvr models list` and friends never lock anything
+
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        deadline = None if self.timeout is None else time.monotonic() + self.timeout
-        waited = False
-        while not _try_lock(fd):
-            if not waited and self.on_wait is not None:
+        start = time.monotonic()
+        lock = filelock.FileLock(self.path)
+        try:
+            lock.acquire(blocking=False)
+        except filelock.Timeout:
+            if self.on_wait is not None:
                 self.on_wait(f"waiting for another process that is preparing {self.what} (lock {self.path})")
-            waited = True
-            if deadline is not None and time.monotonic() > deadline:
-                os.close(fd)
+            left = -1.0 if self.timeout is None else max(0.0, self.timeout - (time.monotonic() - start))
+            try:
+                lock.acquire(timeout=left, poll_interval=self.poll)
+            except filelock.Timeout:
                 raise DownloadError(
                     f"timed out after {self.timeout:.0f} s waiting for the lock {self.path}; "
                     "is another ilvr process still downloading? If not, delete the lock file"
-                )
-            time.sleep(self.poll)
-        self._fd = fd
+                ) from None
+        self._lock = lock
 
     def release(self) -> None:
-        if self._fd is not None:
+        if self._lock is not None:
             try:
-                _unlock(self._fd)
+                self._lock.release()
             finally:
-                os.close(self._fd)
-                self._fd = None
+                self._lock = None
 
     def __enter__(self) -> FileLock:
         self.acquire()

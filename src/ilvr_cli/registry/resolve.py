@@ -1,8 +1,11 @@
 """``--model`` to something loadable: a catalog name (downloaded and converted on first use), a checkpoint
 file, or a diffusers folder.
 
-:func:`load_model` is the one entry point task commands use: resolve, download if needed, convert once,
-load. :func:`fetch` gives the local path of any entry's files (e.g. the FID Inception weights).
+Who uses what: the task commands call :func:`resolve_model` (``convert=True``) and load the file with
+``models.checkpoints.load_checkpoint`` themselves (``tasks/model.py``, which also hashes what it loaded);
+:func:`load_model` does resolve, download, convert once and load in one call (``ilvr train --init-from``,
+and Python users); :func:`fetch` gives the local path of any entry's files (the FID Inception weights).
+Under all three, :func:`prepare` downloads and converts one catalog entry (``ilvr models download``).
 """
 
 from __future__ import annotations
@@ -287,7 +290,8 @@ def load_model(
     map_location: str = "cpu",
     catalog: Catalog | None = None,
 ) -> LoadedModel:
-    """The single entry point for task commands: resolve, download if needed, convert once, load.
+    """Resolve, download if needed, convert once, load: a catalog name or a path to a LoadedModel in one call
+    (``ilvr train --init-from`` uses it; the task commands resolve and load in two steps, see the module).
 
     Catalog models load from the converted safetensors (memory-mapped, no unpickling) and are checked
     against the catalog's architecture; a path loads with the configs it carries or implies.
