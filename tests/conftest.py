@@ -84,3 +84,13 @@ def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from test_tasks_support import save_tiny_model
 
     return save_tiny_model(tmp_path_factory.mktemp("model") / "tiny.safetensors")
+
+
+@pytest.fixture()
+def no_loading(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail the test if a task run tries to load a model (checks that must come before the load)."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr("ilvr_cli.tasks.runner.load_task_model", refuse)

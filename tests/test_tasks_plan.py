@@ -29,16 +29,6 @@ def inputs(tmp_path: Path) -> Path:
     return tmp_path / "in"
 
 
-@pytest.fixture()
-def no_loading(monkeypatch):
-    """Fail the test if anything tries to load a model."""
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("a model was loaded")
-
-    monkeypatch.setattr(runner, "load_task_model", refuse)
-
-
 def config(**kw) -> TaskConfig:
     kw.setdefault("task", "upscale")
     return TaskConfig(**kw)

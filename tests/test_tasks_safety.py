@@ -29,7 +29,6 @@ from test_tasks_support import (
     SIZE,
     TINY_DIFFUSION,
     read_pixels,
-    save_tiny_model,
     smooth_image,
     stand_in_model,
     write_png,
@@ -40,8 +39,9 @@ cli = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory) -> str:
-    return str(save_tiny_model(tmp_path_factory.mktemp("model") / "tiny.safetensors"))
+def model(model_path: Path) -> str:
+    """The tiny random checkpoint of tests/conftest.py, as ``--model`` takes it."""
+    return str(model_path)
 
 
 @pytest.fixture()
@@ -49,16 +49,6 @@ def lr(tmp_path: Path) -> Path:
     for i in range(3):
         write_png(tmp_path / "lr" / f"{i:03d}.png", smooth_image(i, 8))
     return tmp_path / "lr"
-
-
-@pytest.fixture()
-def no_loading(monkeypatch):
-    """Fail the test if anything tries to load a model."""
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("a model was loaded")
-
-    monkeypatch.setattr(task_runner, "load_task_model", refuse)
 
 
 def invoke(*args: object):
