@@ -1,5 +1,7 @@
-"""Process-wide memory settings (ilvr_cli.runtime). Each test runs in a fresh interpreter: the settings are
-global to a process and cannot be undone."""
+"""The runtime layer (ilvr_cli.runtime): device choice, precision, torchrun ranks, memory settings.
+
+The memory-setting tests each run in a fresh interpreter: the settings are global to a process and cannot
+be undone."""
 
 from __future__ import annotations
 
@@ -9,10 +11,14 @@ import sys
 import textwrap
 
 import pytest
+import torch
 
-from ilvr_cli.runtime import on_glibc
+from ilvr_cli.errors import UsageError
+from ilvr_cli.runtime import Ranks, autocast_dtype, launched_by_torchrun, on_glibc, read_ranks, resolve_device
+from ilvr_cli.tasks.distributed import DistInfo
+from ilvr_cli.training.distributed import DistContext
 
-pytestmark = pytest.mark.skipif(
+glibc_only = pytest.mark.skipif(
     not on_glibc(), reason="needs Linux with glibc (the settings apply there only)"
 )
 
@@ -49,6 +55,7 @@ MMAPPED_AFTER_ALLOCATION = """
 """
 
 
+@glibc_only
 @pytest.mark.parametrize("setting", ["default", "reuse"])
 def test_large_tensors_come_from_the_heap_once_reuse_is_on(setting: str) -> None:
     applied, mmapped_mib = _run(MMAPPED_AFTER_ALLOCATION, setting)
@@ -58,12 +65,14 @@ def test_large_tensors_come_from_the_heap_once_reuse_is_on(setting: str) -> None
         assert applied == "False" and int(mmapped_mib) >= 48
 
 
+@glibc_only
 def test_user_malloc_settings_win() -> None:
     code = "from ilvr_cli import runtime; print(runtime.reuse_freed_memory(), runtime.reuse_freed_memory())"
     assert _run(code, MALLOC_MMAP_THRESHOLD_="131072") == ["False", "False"]
     assert _run(code) == ["True", "True"]
 
 
+@glibc_only
 def test_huge_pages_are_requested_only_before_torch() -> None:
     before = "from ilvr_cli import runtime; import os; print(runtime.request_huge_pages(), os.environ.get('THP_MEM_ALLOC_ENABLE'))"
     after = "import torch; " + before
@@ -72,6 +81,7 @@ def test_huge_pages_are_requested_only_before_torch() -> None:
     assert _run(before, THP_MEM_ALLOC_ENABLE="0") == ["False", "0"]
 
 
+@glibc_only
 def test_the_console_script_tunes_memory_before_torch_loads() -> None:
     code = """
         import os, sys
@@ -85,3 +95,96 @@ def test_the_console_script_tunes_memory_before_torch_loads() -> None:
         print(os.environ.get("THP_MEM_ALLOC_ENABLE"), "torch" in sys.modules)
     """
     assert _run(code)[-2:] == ["1", "False"]  # after the "ilvr-cli <version>" line
+
+
+# ------------------------------------------------------------------------------------- device, precision
+
+
+def test_resolve_device_checks_what_exists(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Moved from test_training_robustness.py: tasks, training and metrics share this function."""
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert resolve_device("cuda") == torch.device("cuda", 0)
+    assert resolve_device("cpu") == torch.device("cpu")
+    for name, message in (
+        ("cuda:3", "1 CUDA device"),
+        ("mps", "MPS is not available"),
+        ("meta", "auto, cpu"),
+    ):
+        with pytest.raises(UsageError, match=message):
+            resolve_device(name)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(UsageError, match="CUDA is not available"):
+        resolve_device("cuda")
+
+
+@pytest.mark.parametrize(
+    ("cuda", "mps", "expected"), [(True, True, "cuda:0"), (False, True, "mps"), (False, False, "cpu")]
+)
+def test_auto_means_cuda_then_mps_then_cpu(
+    monkeypatch: pytest.MonkeyPatch, cuda: bool, mps: bool, expected: str
+) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2 if cuda else 0)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
+    assert resolve_device("auto") == torch.device(expected)
+
+
+def test_cuda_under_torchrun_is_the_local_rank_wrapped_round(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("auto", local_rank=1) == torch.device("cuda", 1)
+    assert resolve_device("cuda", local_rank=3) == torch.device("cuda", 1)
+    assert resolve_device("cuda:0", local_rank=1) == torch.device("cuda", 0)
+    with pytest.raises(UsageError, match="there are 2 CUDA device"):
+        resolve_device("cuda:2")
+    with pytest.raises(UsageError, match="is not a device"):
+        resolve_device("cuda:x")
+
+
+def test_autocast_dtype_is_cuda_only() -> None:
+    assert autocast_dtype("fp32", torch.device("cpu")) is None
+    assert autocast_dtype("bf16", torch.device("cuda", 0)) is torch.bfloat16
+    assert autocast_dtype("fp16", torch.device("cuda", 0)) is torch.float16
+    with pytest.raises(UsageError, match="needs a CUDA device"):
+        autocast_dtype("bf16", torch.device("cpu"))
+    with pytest.raises(UsageError, match="choose fp32, bf16 or fp16"):
+        autocast_dtype("fp8", torch.device("cuda", 0))
+
+
+# ------------------------------------------------------------------------------------------ rank, world
+
+
+def test_one_reader_of_the_torchrun_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    assert read_ranks() == Ranks(0, 1, 0) and read_ranks().is_main and not read_ranks().distributed
+    assert not launched_by_torchrun()
+    monkeypatch.setenv("RANK", "2")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert read_ranks() == Ranks(2, 4, 0) and not read_ranks().is_main and read_ranks().distributed
+    assert not launched_by_torchrun()
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "29500")
+    assert launched_by_torchrun()
+    monkeypatch.setenv("LOCAL_RANK", "x")
+    with pytest.raises(UsageError, match="LOCAL_RANK='x' is not an integer"):
+        read_ranks()
+
+
+def test_task_and_training_contexts_are_ranks() -> None:
+    assert isinstance(DistInfo(), Ranks) and isinstance(DistContext(), Ranks)
+    context = DistContext(1, 2, 1)
+    assert (context.rank, context.is_main, context.distributed, context.device.type) == (
+        1,
+        False,
+        True,
+        "cpu",
+    )
+
+
+def test_runtime_reads_ranks_without_importing_torch() -> None:
+    code = "import sys, ilvr_cli.runtime as r; r.read_ranks(); r.launched_by_torchrun(); print('torch' in sys.modules)"
+    assert _run(code) == ["False"]

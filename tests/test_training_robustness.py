@@ -18,9 +18,7 @@ from typer.testing import CliRunner
 
 from ilvr_cli.cli.app import app
 from ilvr_cli.cli.exit_codes import ExitCode
-from ilvr_cli.errors import UsageError
 from ilvr_cli.training.data import ImageFolder, UnreadableImageWarning, load_image, scan_images
-from ilvr_cli.training.distributed import resolve_device
 from training_helpers import image_folder, tiny_config_json
 
 runner = CliRunner()
@@ -133,21 +131,3 @@ def test_a_device_that_is_not_here_is_a_usage_error(
     assert "MPS is not available" in result.output
     result = runner.invoke(app, [*args, "--device", "xpu"])
     assert result.exit_code == ExitCode.USAGE, result.output
-
-
-def test_resolve_device_checks_what_exists(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    assert resolve_device("cuda") == torch.device("cuda", 0)
-    assert resolve_device("cpu") == torch.device("cpu")
-    for name, message in (
-        ("cuda:3", "1 CUDA device"),
-        ("mps", "MPS is not available"),
-        ("meta", "auto, cpu"),
-    ):
-        with pytest.raises(UsageError, match=message):
-            resolve_device(name)
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(UsageError, match="CUDA is not available"):
-        resolve_device("cuda")

@@ -1,21 +1,24 @@
-"""Process-wide memory settings that make CPU sampling fast. Only the standard library is imported here.
+"""The runtime layer: device choice, precision, torchrun rank/world and process-wide memory settings.
 
-A 256x256 UNet forward allocates dozens of activations, and each one at 128 channels is 32 MiB in float32.
-Two allocator defaults make these allocations cost as much as the arithmetic done on them:
+Tasks, ``ilvr train`` and the metrics read these here, so that ``--device auto`` means the same everywhere
+(CUDA, then Apple MPS, then the CPU) and rank/world come from one reader of torchrun's environment.
+Only the standard library is imported at module level: the ``ilvr`` entry point imports this module (and
+applies :func:`tune_memory`) before torch loads; the functions that need torch import it when called.
+
+Memory settings. A 256x256 UNet forward allocates dozens of activations, and each one at 128 channels is
+32 MiB in float32. Two allocator defaults make these allocations cost as much as the arithmetic done on them:
 
 * glibc's malloc serves blocks over its mmap threshold (at most 32 MiB) with a fresh ``mmap`` and returns
-  them with ``munmap``. The kernel then page-faults and zeroes 8,192 pages for every activation. On the
-  project's 2-core benchmark machine, an out-of-place SiLU on such a tensor took 9.4 ms, against 1.5 ms in
-  place. :func:`reuse_freed_memory` raises the mmap and trim thresholds, so freed blocks stay in the heap
-  and the next step reuses them, as a caching allocator would.
+  them with ``munmap``. The kernel then page-faults and zeroes 8,192 pages for every activation.
+  :func:`reuse_freed_memory` raises the mmap and trim thresholds, so freed blocks stay in the heap and the
+  next step reuses them, as a caching allocator would.
 * PyTorch backs its CPU tensors with 4 KiB pages unless ``THP_MEM_ALLOC_ENABLE=1`` is set before its first
   allocation (pytorch/pytorch#115990). Then buffers of 2 MiB or more are 2 MiB-aligned and advised to use
   transparent huge pages, which cuts TLB misses. :func:`request_huge_pages` sets it, and it must run
   before ``import torch``.
 
-With both settings, the ffhq-config forward took 1.15-1.25 s instead of 1.48-1.57 s
-(``python benchmarks/bench_unet.py``; see docs/benchmarks.md). The process then keeps its peak heap until
-it exits, which is what a sampling or training run needs anyway. The ``ilvr`` entry point applies both.
+What each setting gains is measured in docs/benchmarks.md (``python benchmarks/bench_unet.py``). The
+process then keeps its peak heap until it exits, which is what a sampling or training run needs anyway.
 A setting that the user has made already wins: ``THP_MEM_ALLOC_ENABLE``, ``MALLOC_MMAP_THRESHOLD_`` or
 ``MALLOC_TRIM_THRESHOLD_`` in the environment.
 """
@@ -25,8 +28,26 @@ from __future__ import annotations
 import ctypes
 import os
 import sys
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-__all__ = ["on_glibc", "request_huge_pages", "reuse_freed_memory", "tune_memory"]
+from ilvr_cli.errors import UsageError
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = [
+    "Ranks",
+    "autocast_dtype",
+    "launched_by_torchrun",
+    "on_glibc",
+    "read_ranks",
+    "request_huge_pages",
+    "resolve_device",
+    "reuse_freed_memory",
+    "tune_memory",
+]
+
 
 #: ``mallopt`` parameter numbers from glibc's <malloc.h>.
 _M_TRIM_THRESHOLD = -1
@@ -93,3 +114,119 @@ def _apply_mallopt() -> bool:
     return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)) and bool(
         mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES)
     )
+
+
+# --------------------------------------------------------------------------------------------- devices
+
+
+def _mps_available() -> bool:
+    import torch
+
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend is not None and backend.is_available())
+
+
+def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
+    """``--device`` -> a torch device that exists here; a :class:`UsageError` otherwise (nothing is loaded yet).
+
+    ``auto``: CUDA if available, else Apple MPS, else the CPU. ``cuda`` (and ``auto`` on CUDA) means
+    ``cuda:LOCAL_RANK`` under torchrun, wrapped round the devices there are; ``cuda:N`` is that device.
+    """
+    import torch
+
+    if spec == "auto":
+        spec = "cuda" if torch.cuda.is_available() else "mps" if _mps_available() else "cpu"
+    try:
+        device = torch.device(spec)
+    except RuntimeError as error:
+        raise UsageError(
+            f"--device {spec!r} is not a device (auto, cpu, cuda, cuda:1, ...): {error}"
+        ) from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise UsageError(
+                f"--device {spec}: CUDA is not available here (no CUDA device found); use --device cpu"
+            )
+        index = local_rank % count if device.index is None else device.index
+        device = torch.device("cuda", index)
+        if index >= count:
+            raise UsageError(
+                f"--device {spec}: there are {count} CUDA device(s) here, cuda:0 to cuda:{count - 1}"
+            )
+    elif device.type == "mps":
+        if not _mps_available():
+            raise UsageError(f"--device {spec}: Apple MPS is not available here; use --device cpu")
+    elif device.type != "cpu":
+        raise UsageError(f"--device {spec}: choose auto, cpu, cuda, cuda:N or mps")
+    return device
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The network's autocast dtype for ``--precision`` (None for fp32); bf16 / fp16 autocast is CUDA only.
+
+    The sampler's arithmetic (posterior, ILVR refinement) stays float32 whatever the precision.
+    """
+    import torch
+
+    dtypes = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+    if precision not in dtypes:
+        raise UsageError(f"--precision {precision!r}: choose fp32, bf16 or fp16")
+    dtype = dtypes[precision]
+    if dtype is not None and device.type != "cuda":
+        raise UsageError(
+            f"--precision {precision} needs a CUDA device (autocast); on {device.type} use --precision fp32"
+        )
+    return dtype
+
+
+# ---------------------------------------------------------------------------------------- rank / world
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """This process's place in a torchrun job (rank 0 of 1 without torchrun)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the only process that writes shared files and reports progress."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise UsageError(f"environment variable {name}={raw!r} is not an integer") from None
+
+
+def read_ranks() -> Ranks:
+    """Rank and world size of the initialised ``torch.distributed`` group, else from torchrun's ``RANK`` /
+    ``WORLD_SIZE``; ``LOCAL_RANK`` always from the environment. Inconsistent values are a UsageError.
+
+    Without ``torch.distributed`` imported no group can exist, so this never imports torch itself.
+    """
+    local = _env_int("LOCAL_RANK", 0)
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        return Ranks(dist.get_rank(), dist.get_world_size(), local)
+    rank, world = _env_int("RANK", 0), _env_int("WORLD_SIZE", 1)
+    if world < 1 or not 0 <= rank < world:
+        raise UsageError(f"RANK={rank} / WORLD_SIZE={world} do not describe a rank of the job")
+    return Ranks(rank, world, local)
+
+
+def launched_by_torchrun() -> bool:
+    """True when the environment asks for a process group: ``WORLD_SIZE`` > 1 and a rendezvous address."""
+    return _env_int("WORLD_SIZE", 1) > 1 and "MASTER_ADDR" in os.environ and "MASTER_PORT" in os.environ

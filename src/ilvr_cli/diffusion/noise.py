@@ -1,6 +1,6 @@
 """Per-sample random streams: a result depends on (seed, sample key), never on batch size, order or rank.
 
-Each sample owns a ``torch.Generator`` seeded from sha256 of (seed, key). Every random draw of the sampler
+Each sample owns a ``torch.Generator`` seeded from sha256 of (seed, key) (:func:`stream_seed`). Every random draw of the sampler
 and of its hooks goes through :meth:`NoiseSource.randn`, which draws one tensor per sample from that
 sample's generator. Within one sample the draws happen in a fixed order:
 
@@ -26,10 +26,21 @@ from ilvr_cli.errors import UsageError
 _NAMESPACE = "ilvr-cli/noise/v1"
 
 
+def hashed_seed(namespace: str, seed: int, *parts: object) -> int:
+    """A 63-bit seed from sha256 of ``namespace``, ``seed`` and ``parts`` joined by NUL characters.
+
+    Stable across Python runs and platforms. Every derived seed of the project comes from here: sampling
+    noise (:func:`stream_seed`) and training's streams (:func:`ilvr_cli.training.data.derive_seed`), each
+    under its own namespace so that their streams never coincide.
+    """
+    text = "\x00".join([namespace, str(int(seed)), *map(str, parts)])
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") & (2**63 - 1)
+
+
 def stream_seed(seed: int, key: str) -> int:
-    """A 63-bit generator seed from sha256 of (seed, key); stable across Python runs and platforms."""
-    digest = hashlib.sha256(f"{_NAMESPACE}\x00{int(seed)}\x00{key}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") & (2**63 - 1)
+    """The generator seed of sample ``key`` in a run seeded ``seed``: :func:`hashed_seed` under this module's
+    namespace."""
+    return hashed_seed(_NAMESPACE, seed, key)
 
 
 class NoiseSource:

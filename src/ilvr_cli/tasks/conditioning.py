@@ -12,15 +12,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ilvr_cli.diffusion import Schedule
 from ilvr_cli.errors import InputError
 from ilvr_cli.ilvr import ILVRHook, LowPass, MaskedILVRHook
 from ilvr_cli.io.load import load_image, load_mask
+from ilvr_cli.io.write import to_uint8
 from ilvr_cli.tasks.config import TaskConfig
 from ilvr_cli.tasks.plan import Settings, WorkUnit
 from ilvr_cli.tasks.reference import Reference, find_mask, full_reference, upscale_reference
+from ilvr_cli.tasks.writer import to_pixels
 
 
 @dataclass
@@ -105,8 +108,21 @@ class Conditioning:
             return [MaskedILVRHook(lowpass, schedule, reference=images, mask=masks, t_range=t_range)]
         return [ILVRHook(lowpass, schedule, reference=images, t_range=t_range)]
 
-    def shown_reference(self, ref: Reference) -> tuple[torch.Tensor, torch.Tensor]:
-        """For a contact sheet: the reference as the model got it, and its low-pass phi_N(y)."""
-        lowpass, image = self.lowpass(ref.factor), ref.image.unsqueeze(0)
-        phi = lowpass.up(image) if ref.low_res else lowpass(image)
-        return ref.image, phi[0]
+    def sheet_rows(self, batch: Batch, samples: list[np.ndarray]) -> list[list[np.ndarray]]:
+        """A contact sheet's rows: per input, the reference as the model got it, its low-pass phi_N(y),
+        then its samples (``sample``: one row of samples)."""
+        rows: list[list[np.ndarray]] = []
+        current: str | None = None
+        for unit, ref, pixels in zip(batch.units, batch.refs, samples, strict=True):
+            if ref is None:
+                if not rows:
+                    rows.append([])
+                rows[0].append(pixels)
+                continue
+            if unit.label != current:
+                lowpass, image = self.lowpass(ref.factor), ref.image.unsqueeze(0)
+                phi = lowpass.up(image) if ref.low_res else lowpass(image)
+                rows.append([to_uint8(to_pixels(ref.image)), to_uint8(to_pixels(phi[0]))])
+                current = unit.label
+            rows[-1].append(pixels)
+        return rows

@@ -1,7 +1,7 @@
 """Rank sharding under torchrun: each rank takes a disjoint share of the work; the union is the whole.
 
-Rank and world size come from ``torch.distributed`` when a process group is initialised, else from the
-``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK`` environment variables torchrun sets. When torchrun launched us
+Rank and world size come from :func:`ilvr_cli.runtime.read_ranks`: the initialised ``torch.distributed``
+group, else the ``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK`` environment variables torchrun sets. When torchrun launched us
 (``WORLD_SIZE`` > 1 and ``MASTER_ADDR`` set) and nobody initialised a group, :func:`setup_distributed`
 initialises one: gloo on CPU, nccl on CUDA. The group is only used to gather the per-rank results at the
 end; sampling needs no communication, because every sample's noise depends on its key alone.
@@ -9,7 +9,6 @@ end; sampling needs no communication, because every sample's noise depends on it
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -18,52 +17,26 @@ import torch
 import torch.distributed as dist
 
 from ilvr_cli.errors import UsageError
+from ilvr_cli.runtime import Ranks, launched_by_torchrun, read_ranks
 
 T = TypeVar("T")
 
 
 @dataclass(frozen=True)
-class DistInfo:
-    """This process's place in the job. ``owns_group``: we initialised the process group (and destroy it)."""
+class DistInfo(Ranks):
+    """:class:`~ilvr_cli.runtime.Ranks`; ``owns_group``: we initialised the process group (and destroy it)."""
 
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
     owns_group: bool = False
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
 
     @property
     def has_group(self) -> bool:
         return self.world_size > 1 and dist.is_available() and dist.is_initialized()
 
 
-def _env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise UsageError(f"environment variable {name}={raw!r} is not an integer") from None
-
-
 def dist_info() -> DistInfo:
-    """Rank and world size: from the initialised process group, else from torchrun's environment."""
-    local = _env_int("LOCAL_RANK", 0)
-    if dist.is_available() and dist.is_initialized():
-        return DistInfo(dist.get_rank(), dist.get_world_size(), local)
-    rank, world = _env_int("RANK", 0), _env_int("WORLD_SIZE", 1)
-    if world < 1 or not 0 <= rank < world:
-        raise UsageError(f"RANK={rank} / WORLD_SIZE={world} do not describe a rank of the job")
-    return DistInfo(rank, world, local)
-
-
-def launched_by_torchrun() -> bool:
-    """True when the environment asks for a process group (torchrun sets these)."""
-    return _env_int("WORLD_SIZE", 1) > 1 and "MASTER_ADDR" in os.environ and "MASTER_PORT" in os.environ
+    """Rank and world size (:func:`ilvr_cli.runtime.read_ranks`) as a :class:`DistInfo`."""
+    ranks = read_ranks()
+    return DistInfo(ranks.rank, ranks.world_size, ranks.local_rank)
 
 
 def setup_distributed(device: torch.device) -> DistInfo:

@@ -18,7 +18,7 @@ them, so before any model is loaded:
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -28,6 +28,7 @@ from filelock import FileLock, Timeout
 from ilvr_cli.errors import UsageError
 from ilvr_cli.io.manifest import append_record, read_records
 from ilvr_cli.io.write import read_png_params
+from ilvr_cli.tasks.plan import TaskPlan, WorkUnit, recipe
 
 #: The recorded parameters that decide an output's pixels (given its input and its sample key).
 RECIPE_FIELDS = (
@@ -180,3 +181,33 @@ def repair_manifest(
         append_record(manifest, record)
         repaired += 1
     return repaired
+
+
+def planned_recipe(plan: TaskPlan, unit: WorkUnit) -> dict[str, Any]:
+    """What ``plan`` will record for ``unit`` (the fields a rerun compares), known before the model loads."""
+    factor: Any = None if unit.item is None else plan.input_factors.get(unit.label, UNKNOWN)
+    return recipe(plan.config, plan.model.name, plan.settings, plan.device, factor)
+
+
+def check_plan_outputs(plan: TaskPlan) -> None:
+    """:func:`check_existing_outputs` for the outputs of ``plan`` that exist."""
+    if not plan.output_dir.is_dir():
+        return
+    existing = [u for u in plan.units if (plan.output_dir / u.output).exists()]
+    check_existing_outputs(
+        plan.output_dir, plan.manifest_path, {u.output: planned_recipe(plan, u) for u in existing}
+    )
+
+
+def prepare_output_dir(plan: TaskPlan, note: Callable[[str], None]) -> OutputLock:
+    """Lock OUTPUT, remove a killed run's temporary files and repair the manifest; ``note`` says what was
+    done. The lock is held until the caller releases it."""
+    lock = lock_output(plan.output_dir)
+    removed = remove_stale_temporaries(plan.output_dir)
+    if removed:
+        note(f"removed {removed} temporary file(s) left by an interrupted run")
+    units = ((u.output, u.k, u.key) for u in plan.units)
+    repaired = repair_manifest(plan.output_dir, plan.manifest_path, units)
+    if repaired:
+        note(f"added {repaired} missing manifest line(s) from the images' own parameters")
+    return lock

@@ -22,8 +22,8 @@ from ilvr_cli.errors import InputError, UsageError
 from ilvr_cli.io.load import read_image_size
 from ilvr_cli.io.manifest import MANIFEST_NAME
 from ilvr_cli.io.scan import InputItem, InputSet, glob_root, is_glob, scan_inputs
+from ilvr_cli.runtime import autocast_dtype, resolve_device
 from ilvr_cli.tasks.config import TaskConfig
-from ilvr_cli.tasks.device import autocast_dtype, resolve_device
 from ilvr_cli.tasks.distributed import dist_info
 from ilvr_cli.tasks.model import ModelProbe, probe_model
 from ilvr_cli.tasks.presets import DEFAULT_STEPS, preset
@@ -86,6 +86,16 @@ class TaskPlan:
     @property
     def manifest_path(self) -> Path:
         return self.output_dir / MANIFEST_NAME
+
+    def reported_settings(self) -> dict[str, Any]:
+        """The settings a summary reports: for ``upscale``, the N the inputs actually get (model size /
+        input size for thumbnails), not only the default for model-size references."""
+        settings = self.settings.to_dict()
+        used = sorted(set(self.input_factors.values()))
+        if used and used != [self.settings.factor]:
+            settings["factor"] = used[0] if len(used) == 1 else used
+            settings["sources"] = {**settings["sources"], "factor": "input (model size / input size)"}
+        return settings
 
 
 def default_output(input_spec: str, task: str) -> Path:

@@ -34,14 +34,7 @@ from ilvr_cli.tasks.distributed import (
     teardown_distributed,
 )
 from ilvr_cli.tasks.model import ModelProbe, PreparedModel, load_task_model
-from ilvr_cli.tasks.outputs import (
-    UNKNOWN,
-    OutputLock,
-    check_existing_outputs,
-    lock_output,
-    remove_stale_temporaries,
-    repair_manifest,
-)
+from ilvr_cli.tasks.outputs import OutputLock, check_plan_outputs, prepare_output_dir
 from ilvr_cli.tasks.plan import Settings, TaskPlan, WorkUnit, plan_task, recipe, resolve_settings
 from ilvr_cli.tasks.progress import RunStart, TaskProgress
 from ilvr_cli.tasks.reference import Reference
@@ -90,17 +83,6 @@ def group_by_input(units: Sequence[WorkUnit]) -> list[list[WorkUnit]]:
     return groups
 
 
-def _reported_settings(plan: TaskPlan) -> dict[str, Any]:
-    """The settings a summary reports: for ``upscale``, the N the inputs actually get (model size / input
-    size for thumbnails), not only the default for model-size references."""
-    settings = plan.settings.to_dict()
-    used = sorted(set(plan.input_factors.values()))
-    if used and used != [plan.settings.factor]:
-        settings["factor"] = used[0] if len(used) == 1 else used
-        settings["sources"] = {**settings["sources"], "factor": "input (model size / input size)"}
-    return settings
-
-
 class _Run:
     """One rank's share of a planned run."""
 
@@ -114,7 +96,7 @@ class _Run:
             self.out,
             plan.manifest_path,
             world_size=info.world_size,
-            settings=_reported_settings(plan),
+            settings=plan.reported_settings(),
         )
         self.remaining: dict[str, int] = {}
         self.outputs: dict[str, list[Path]] = {}
@@ -127,38 +109,17 @@ class _Run:
         )
         self.size = 0
         self.lock: OutputLock | None = None
-        self.factors_used: set[int] = set()
 
     # ------------------------------------------------------------------ plan -> pending work
-    def _planned_recipe(self, unit: WorkUnit) -> dict[str, Any]:
-        """What this run will record for ``unit`` (the fields a rerun compares), before the model loads."""
-        factor: Any = None
-        if unit.item is not None:
-            factor = self.plan.input_factors.get(unit.label, UNKNOWN)
-        return recipe(self.config, self.plan.model.name, self.settings, self.plan.device, factor)
-
     def _check_existing(self) -> None:
         """Existing outputs this run would skip must have been made the same way (tasks/outputs.py)."""
-        if self.config.overwrite or not self.out.is_dir():
-            return
-        existing = [u for u in self.plan.units if (self.out / u.output).exists()]
-        check_existing_outputs(
-            self.out, self.plan.manifest_path, {u.output: self._planned_recipe(u) for u in existing}
-        )
+        if not self.config.overwrite:
+            check_plan_outputs(self.plan)
 
     def _prepare_output(self) -> None:
         """Lock OUTPUT (main rank), clean up after a killed run and bring the manifest up to date."""
-        if not self.info.is_main:
-            return
-        self.lock = lock_output(self.out)
-        removed = remove_stale_temporaries(self.out)
-        if removed:
-            self.progress.note(f"removed {removed} temporary file(s) left by an interrupted run")
-        repaired = repair_manifest(
-            self.out, self.plan.manifest_path, ((u.output, u.k, u.key) for u in self.plan.units)
-        )
-        if repaired:
-            self.progress.note(f"added {repaired} missing manifest line(s) from the images' own parameters")
+        if self.info.is_main:
+            self.lock = prepare_output_dir(self.plan, self.progress.note)
 
     def _pending(self) -> list[list[WorkUnit]]:
         mine = shard(group_by_input(self.plan.units), self.info.rank, self.info.world_size)
@@ -370,21 +331,7 @@ class _Run:
             self.progress.image_done(unit.label, self.outputs.pop(unit.label), self.seconds.pop(unit.label))
 
     def _write_grid(self, batch: Batch, samples: list[np.ndarray]) -> None:
-        """One row per input: the reference as the model got it, its low-pass phi_N(y), the samples."""
-        rows: list[list[np.ndarray]] = []
-        current: str | None = None
-        for unit, ref, pixels in zip(batch.units, batch.refs, samples, strict=True):
-            if ref is None:
-                if not rows:
-                    rows.append([])
-                rows[0].append(pixels)
-                continue
-            if unit.label != current:
-                shown, phi = self._conditioning().shown_reference(ref)
-                rows.append([to_uint8(to_pixels(shown)), to_uint8(to_pixels(phi))])
-                current = unit.label
-            rows[-1].append(pixels)
-        self.writer.grid(batch.units, rows)
+        self.writer.grid(batch.units, self._conditioning().sheet_rows(batch, samples))
 
     def _conditioning(self) -> Conditioning:
         assert self.conditioning is not None, "the model is loaded before any reference is read"

@@ -9,7 +9,6 @@ number of ranks.
 
 from __future__ import annotations
 
-import hashlib
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -18,6 +17,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from ilvr_cli.diffusion.noise import hashed_seed
 from ilvr_cli.errors import InputError, UsageError
 from ilvr_cli.io.files import DECODE_ERRORS, not_regular_file
 from ilvr_cli.io.scan import IMAGE_EXTENSIONS as TASK_IMAGE_EXTENSIONS
@@ -48,9 +48,9 @@ class UnreadableImageWarning(UserWarning):
 
 
 def derive_seed(seed: int, *parts: object) -> int:
-    """A 63-bit seed from sha256 of (seed, parts): independent streams that are stable across platforms."""
-    text = "\x00".join([_NAMESPACE, str(int(seed)), *map(str, parts)])
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") & (2**63 - 1)
+    """A 63-bit seed from sha256 of (seed, parts): :func:`~ilvr_cli.diffusion.noise.hashed_seed` under
+    training's namespace; independent streams that are stable across platforms."""
+    return hashed_seed(_NAMESPACE, seed, *parts)
 
 
 def scan_images(folder: str | Path) -> list[Path]:

@@ -7,7 +7,6 @@ and uses ``cuda:LOCAL_RANK`` when CUDA is used.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,58 +14,17 @@ import torch
 import torch.distributed as dist
 
 from ilvr_cli.errors import UsageError
+from ilvr_cli.runtime import Ranks, read_ranks, resolve_device
 
-__all__ = ["DistContext", "resolve_device", "setup_distributed"]
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """``auto``: ``cuda:LOCAL_RANK`` when CUDA is available, else the CPU; otherwise cpu, cuda, cuda:N or
-    mps, which must be available here (a :class:`UsageError` otherwise)."""
-    if name == "auto":
-        return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as error:
-        raise UsageError(
-            f"--device {name!r} is not a device (auto, cpu, cuda, cuda:1, ...): {error}"
-        ) from None
-    if device.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise UsageError(f"--device {name}: CUDA is not available here; use --device cpu")
-        if device.index is None:
-            device = torch.device("cuda", local_rank)
-        if device.index is not None and device.index >= count:
-            raise UsageError(
-                f"--device {name}: there are {count} CUDA device(s) here, cuda:0 to cuda:{count - 1}"
-            )
-    elif device.type == "mps":
-        mps = getattr(torch.backends, "mps", None)
-        if mps is None or not mps.is_available():
-            raise UsageError(f"--device {name}: Apple MPS is not available here; use --device cpu or auto")
-    elif device.type != "cpu":
-        raise UsageError(f"--device {name}: training runs on auto, cpu, cuda, cuda:N or mps")
-    return device
+__all__ = ["DistContext", "setup_distributed"]
 
 
-@dataclass
-class DistContext:
-    """Where this process stands: rank, world size, its device, and whether it owns the process group."""
+@dataclass(frozen=True)
+class DistContext(Ranks):
+    """:class:`~ilvr_cli.runtime.Ranks` plus this rank's device and whether it owns the process group."""
 
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
     device: torch.device = torch.device("cpu")
     owns_group: bool = False
-
-    @property
-    def is_main(self) -> bool:
-        """Rank 0: the only process that writes files and reports progress."""
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
 
     def barrier(self) -> None:
         if self.distributed:
@@ -95,26 +53,33 @@ class DistContext:
         return bool(value.item())
 
     def close(self) -> None:
-        """Leave the process group if this context created it."""
+        """Leave the process group if this context created it (once: the group is gone afterwards)."""
         if self.owns_group and dist.is_initialized():
             dist.destroy_process_group()
-            self.owns_group = False
 
 
 def setup_distributed(device_name: str = "auto") -> DistContext:
-    """Join the torchrun process group when ``WORLD_SIZE`` > 1 (or reuse one the caller initialised)."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    """Join the torchrun process group when ``WORLD_SIZE`` > 1 (or reuse one the caller initialised).
+
+    Rank and world come from :func:`ilvr_cli.runtime.read_ranks`, the device from
+    :func:`ilvr_cli.runtime.resolve_device`; under torchrun each rank needs its own CUDA device.
+    """
+    ranks = read_ranks()
+    device = resolve_device(device_name, ranks.local_rank)
     if dist.is_available() and dist.is_initialized():
-        device = resolve_device(device_name, local_rank)
-        return DistContext(dist.get_rank(), dist.get_world_size(), local_rank, device, owns_group=False)
-    device = resolve_device(device_name, local_rank)
-    if world_size <= 1:
+        return DistContext(ranks.rank, ranks.world_size, ranks.local_rank, device, owns_group=False)
+    if not ranks.distributed:
         return DistContext(device=device)
     if not dist.is_available():
         raise UsageError("this PyTorch build has no torch.distributed; run without torchrun")
     if device.type == "cuda":
+        count = torch.cuda.device_count()
+        if ranks.local_rank >= count and ":" not in device_name:
+            raise UsageError(
+                f"--device {device_name}: LOCAL_RANK={ranks.local_rank} needs its own GPU, and there are "
+                f"{count} CUDA device(s) here, cuda:0 to cuda:{count - 1}"
+            )
         torch.cuda.set_device(device)
     backend = "nccl" if device.type == "cuda" else "gloo"
     dist.init_process_group(backend=backend, init_method="env://")
-    return DistContext(dist.get_rank(), dist.get_world_size(), local_rank, device, owns_group=True)
+    return DistContext(dist.get_rank(), dist.get_world_size(), ranks.local_rank, device, owns_group=True)
