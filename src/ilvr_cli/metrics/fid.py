@@ -309,7 +309,7 @@ def _lower_congruence(sigma: Tensor, factor: Tensor) -> Tensor:
     """L^T S L for a lower-triangular L, correct in its lower triangle (what ``eigvalsh`` reads).
 
     Done in column blocks that skip L's zero blocks and M's upper triangle: about half the work of two
-    full matrix products (0.1 s instead of 0.2 s at 2048 dims on 2 CPU cores).
+    full matrix products (timings: docs/metrics.md, `ilvr fid`).
     """
     n = sigma.shape[0]
     blocks = max(1, min(8, n // 256))
@@ -381,9 +381,9 @@ def trace_sqrt_product(
 def _one_thread() -> Iterator[None]:
     """Run torch's CPU ops on one thread for the block (restored after).
 
-    ``eigvalsh``'s tridiagonal reduction is memory-bound: at 2048 dims a second thread saves 15% on an
-    idle 2-core machine (0.25 s instead of 0.29 s) but makes it 3-5x slower when other processes share
-    the cores, as OpenMP threads then wait for each other.
+    ``eigvalsh``'s tridiagonal reduction is memory-bound: a second thread saves little on an idle machine
+    but makes it several times slower when other processes share the cores, as OpenMP threads then wait
+    for each other (measured: docs/metrics.md, `ilvr fid`).
     """
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from ilvr_cli.tasks.config import TaskName
 
-#: The paper used 1000 steps; 100 respaced steps are the reference code's examples and ~10x faster.
+#: The paper used 1000 steps; 100 respaced steps are the reference code's examples, a tenth of the work.
 DEFAULT_STEPS = "100"
 
 
