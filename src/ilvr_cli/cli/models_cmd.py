@@ -13,18 +13,11 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
 from rich.table import Table
 
-from ilvr_cli.cli.common import err, handle_errors, out
+from ilvr_cli.cli.common import handle_errors, out
+from ilvr_cli.cli.options import CacheDirOpt
+from ilvr_cli.cli.render import RichDownloadProgress
 from ilvr_cli.errors import CheckpointError, UsageError
 
 if TYPE_CHECKING:
@@ -36,54 +29,6 @@ app = typer.Typer(
     help="List, download and manage models: the built-in catalog, your additions, and the cache.",
     no_args_is_help=True,
 )
-
-CacheDirOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--cache-dir",
-        help="Cache root (default: $ILVR_CACHE_DIR, else the user cache dir).",
-        file_okay=False,
-        show_default=False,
-    ),
-]
-
-
-class RichDownloadProgress:
-    """Renders registry download events as a rich progress bar on stderr (bytes, speed, ETA)."""
-
-    def __init__(self) -> None:
-        self.progress = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            DownloadColumn(),
-            TransferSpeedColumn(),
-            TimeRemainingColumn(),
-            console=err,
-        )
-        self.task: TaskID | None = None
-
-    def __enter__(self) -> RichDownloadProgress:
-        self.progress.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.progress.stop()
-
-    def start(self, label: str, total: int | None, completed: int = 0) -> None:
-        if self.task is None:
-            self.task = self.progress.add_task(label, total=total, completed=completed)
-        else:
-            self.progress.reset(self.task, total=total, completed=completed, description=label)
-
-    def advance(self, nbytes: int) -> None:
-        if self.task is not None:
-            self.progress.advance(self.task, nbytes)
-
-    def finish(self) -> None:
-        self.task = None
-
-    def note(self, message: str) -> None:
-        self.progress.console.print(f"[dim]{escape(message)}[/]", highlight=False, soft_wrap=True)
 
 
 def _size_text(spec: ModelSpec) -> str:
@@ -118,7 +63,7 @@ def _flatten(defaults: Mapping[str, object], prefix: str = "") -> list[str]:
 
 @app.command("list")
 @handle_errors
-def list_models(cache_dir: CacheDirOption = None) -> None:
+def list_models(cache_dir: CacheDirOpt = None) -> None:
     """Show the catalog: name, family, resolution, parameters, download size, and whether it is cached."""
     from ilvr_cli.registry import cache_root, load_catalog, model_status
 
@@ -146,7 +91,7 @@ def info(
             "exits with code 3.",
         ),
     ] = False,
-    cache_dir: CacheDirOption = None,
+    cache_dir: CacheDirOpt = None,
 ) -> None:
     """Everything the catalog and the cache know about one model, sha256 values included."""
     from ilvr_cli.registry import load_catalog, model_status
@@ -242,7 +187,7 @@ def download(
     keep_original: Annotated[
         bool, typer.Option("--keep-original", help="Keep the downloaded checkpoint after converting it.")
     ] = False,
-    cache_dir: CacheDirOption = None,
+    cache_dir: CacheDirOpt = None,
 ) -> None:
     """Download models into the cache (resumable, verified) and convert them to safetensors."""
     from ilvr_cli.registry import load_catalog, prepare
@@ -263,9 +208,7 @@ def download(
 
 @app.command("path")
 @handle_errors
-def path(
-    name: Annotated[str, typer.Argument(help="A catalog name.")], cache_dir: CacheDirOption = None
-) -> None:
+def path(name: Annotated[str, typer.Argument(help="A catalog name.")], cache_dir: CacheDirOpt = None) -> None:
     """Print where a cached model is (the file that is loaded); fails if it is not in the cache."""
     from ilvr_cli.registry import load_catalog, model_status
 
@@ -290,7 +233,7 @@ def rm(
             "replaced), and drop entries you added from your catalog.",
         ),
     ] = False,
-    cache_dir: CacheDirOption = None,
+    cache_dir: CacheDirOpt = None,
 ) -> None:
     """Delete models from the cache (first-use sha256 records are kept, so a re-download is still checked,
     unless --forget)."""
@@ -327,7 +270,7 @@ def add(
             dir_okay=False,
         ),
     ] = None,
-    cache_dir: CacheDirOption = None,
+    cache_dir: CacheDirOpt = None,
 ) -> None:
     """Add a checkpoint you obtained by hand (a Drive-only model, your own training run) to the cache."""
     from ilvr_cli.registry import add_model

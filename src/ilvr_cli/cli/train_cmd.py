@@ -13,24 +13,16 @@ import os
 import signal
 import warnings
 from contextlib import contextmanager
-from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 
-from ilvr_cli.cli.common import err, handle_errors, out
+from ilvr_cli.cli.common import err, handle_errors
 from ilvr_cli.cli.exit_codes import ExitCode
+from ilvr_cli.cli.options import CacheDirOpt, Precision, choice_value
+from ilvr_cli.cli.render import RichTrainProgress, train_summary
 from ilvr_cli.errors import UsageError
 
 if TYPE_CHECKING:
@@ -38,61 +30,12 @@ if TYPE_CHECKING:
     from types import FrameType
     from typing import TextIO
 
-    from ilvr_cli.training import RunInfo, StepUpdate, TrainConfig, TrainResult
-
-
-class Precision(str, Enum):
-    fp32 = "fp32"
-    bf16 = "bf16"
-    fp16 = "fp16"
+    from ilvr_cli.training import TrainConfig
 
 
 def register(app: typer.Typer) -> None:
     """Add the ``train`` command to the root app."""
     app.command("train", no_args_is_help=True)(train)
-
-
-class RichTrainProgress:
-    """Renders training progress on stderr: step / total, smoothed loss, images/s, elapsed time and ETA."""
-
-    def __init__(self) -> None:
-        self.progress = Progress(
-            TextColumn("[bold]train"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]}"),
-            TextColumn("{task.fields[speed]} img/s"),
-            TimeElapsedColumn(),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
-            console=err,
-        )
-        self.task: TaskID | None = None
-
-    def start(self, info: RunInfo) -> None:
-        what = "resuming" if info.resumed else "training"
-        self.progress.console.print(
-            f"[dim]{what} {escape(str(info.run_dir))}: {info.params / 1e6:.2f}M parameters, {info.num_images} "
-            f"images, global batch {info.global_batch} on {info.world_size} x {escape(info.device)}, "
-            f"steps {info.start_step}..{info.total_steps}[/]",
-            highlight=False,
-        )
-        self.progress.start()
-        self.task = self.progress.add_task(
-            "train", total=info.total_steps, completed=info.start_step, loss="-", speed="-"
-        )
-
-    def step(self, update: StepUpdate) -> None:
-        if self.task is None:
-            return
-        loss = "-" if update.loss is None else f"{update.loss:.4f}"
-        self.progress.update(self.task, completed=update.step, loss=loss, speed=f"{update.images_per_s:.1f}")
-
-    def note(self, message: str) -> None:
-        self.progress.console.print(f"[dim]{escape(message)}[/]", highlight=False, soft_wrap=True)
-
-    def finish(self, result: TrainResult) -> None:
-        self.progress.stop()
 
 
 @contextmanager
@@ -177,10 +120,10 @@ def _init_configs(init_from: str, cache_dir: Path | None, arch: dict[str, Any]) 
     """The architecture and diffusion of the model to fine-tune (only dropout may be overridden)."""
     import dataclasses
 
-    from ilvr_cli.registry import load_model
+    from ilvr_cli.training.init import init_configs
 
-    loaded = load_model(init_from, cache_dir=cache_dir)
-    if loaded.diffusion_config is None:
+    unet, diffusion = init_configs(init_from, cache_dir)
+    if diffusion is None:
         raise UsageError(
             f"--init-from {init_from} does not record how it was trained; add --preset CONFIG.json with its "
             '{"unet": ..., "diffusion": ...}'
@@ -190,10 +133,9 @@ def _init_configs(init_from: str, cache_dir: Path | None, arch: dict[str, Any]) 
         raise UsageError(
             f"--init-from keeps the model's architecture; drop {', '.join('--' + k.replace('_', '-') for k in fixed)}"
         )
-    unet = loaded.unet_config
     if "dropout" in arch:
         unet = dataclasses.replace(unet, dropout=arch["dropout"])
-    return unet, loaded.diffusion_config
+    return unet, diffusion
 
 
 @handle_errors
@@ -225,7 +167,7 @@ def train(
     log_every: Annotated[int | None, typer.Option("--log-every", help="Loss log line every N steps. \\[default: 100]", show_default=False)] = None,
     keep_every: Annotated[int | None, typer.Option("--keep-every", help="Also keep checkpoints/ema_STEP.safetensors every N steps (0 = no).", show_default=False)] = None,
     device: Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda, cuda:1, ... \\[default: auto]", show_default=False)] = None,
-    cache_dir: Annotated[Path | None, typer.Option("--cache-dir", help="Model cache for --init-from names.", file_okay=False, show_default=False)] = None,
+    cache_dir: CacheDirOpt = None,
 ) -> None:  # fmt: skip
     """Train an unconditional diffusion model on a folder of images (or fine-tune one with --init-from)."""
     _check_data_dir(data_dir)
@@ -234,7 +176,7 @@ def train(
 
     options = {
         "steps": steps, "image_size": image_size, "batch_size": batch_size, "lr": lr, "ema_decay": ema,
-        "ema_warmup": ema_warmup, "grad_clip": grad_clip, "precision": precision.value if precision else None,
+        "ema_warmup": ema_warmup, "grad_clip": grad_clip, "precision": choice_value(precision),
         "learn_sigma": learn_sigma, "p2_gamma": p2_gamma, "p2_k": p2_k, "dropout": dropout, "flip": flip,
         "workers": workers, "seed": seed, "save_every": save_every, "sample_every": sample_every,
         "sample_count": samples, "sample_steps": sample_steps, "log_every": log_every, "keep_every": keep_every,
@@ -266,7 +208,7 @@ def train(
             if progress is not None:
                 progress.progress.stop()
     if main_rank:
-        _summary(result)
+        train_summary(result)
     if result.stopped:
         raise typer.Exit(ExitCode.INTERRUPTED)
 
@@ -278,23 +220,3 @@ def _check_data_dir(data_dir: Path) -> None:
         raise UsageError(f"DATA_DIR {data_dir} does not exist; give the folder of training images")
     if not path.is_dir():
         raise UsageError(f"DATA_DIR {data_dir} is not a folder; give the folder of training images")
-
-
-def _summary(result: TrainResult) -> None:
-    """What the run did and how to use its weights."""
-    loss = "-" if result.last_loss is None else f"{result.last_loss:.4f}"
-    state = "stopped at" if result.stopped else "reached"
-    out.print(
-        f"{state} step {result.step}/{result.total_steps} in {result.elapsed_s / 60:.1f} min "
-        f"({result.images_per_s:.1f} img/s, loss {loss})",
-        highlight=False,
-    )
-    out.print(
-        f"EMA weights: {escape(str(result.ema_path))}  (use --model {escape(str(result.ema_path))})",
-        highlight=False,
-    )
-    if result.stopped:
-        out.print(
-            f"continue with: ilvr train DATA_DIR --out {escape(str(result.run_dir))} --resume",
-            highlight=False,
-        )

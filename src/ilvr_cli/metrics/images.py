@@ -32,6 +32,7 @@ __all__ = [
     "not_regular_file",
     "load_rgb_or_gray",
     "scan_folder",
+    "unsupported_reason",
 ]
 
 
@@ -137,3 +138,8 @@ def load_rgb_or_gray(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nda
     path = Path(path)
     image = _open(path, max_pixels)
     return _convert(image, "L" if image.mode == "L" else "RGB", path)
+
+
+def unsupported_reason(item: InputItem) -> str:
+    """Why a file of a known image format the metrics do not read (gif, heic, ...) is not scored."""
+    return f"unsupported image format {item.path.suffix.lower()}; convert {item.rel} to PNG, JPEG, WebP, BMP or TIFF"

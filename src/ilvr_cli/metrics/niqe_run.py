@@ -1,0 +1,137 @@
+"""NIQE of an image or of a folder of images: the pipeline behind ``ilvr niqe``.
+
+:func:`niqe_inputs` lists what to score; :func:`score_niqe` scores each file. In a folder, an image that
+cannot be scored (unreadable, unsupported format, too small, out of memory) is recorded as failed and the
+others are scored; a single file that cannot be scored is an error. :class:`NIQERun` holds the scores,
+the failures, their mean and standard deviation, and writes them as CSV.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from ilvr_cli.errors import InputError, UsageError
+from ilvr_cli.metrics import niqe as niqelib
+from ilvr_cli.metrics.images import DEFAULT_MAX_PIXELS, scan_folder, unsupported_reason
+from ilvr_cli.metrics.progress import MetricProgress, NoProgress
+
+
+@dataclass(frozen=True)
+class NIQEInput:
+    """One file to score: its name (relative path in a folder), path, and why it cannot be scored (or None)."""
+
+    name: str
+    path: Path
+    unsupported: str | None = None
+
+
+@dataclass(frozen=True)
+class NIQEInputs:
+    """The files under ``path`` (one, if it is not a folder)."""
+
+    path: Path
+    files: tuple[NIQEInput, ...]
+    is_folder: bool
+
+
+@dataclass
+class NIQERun:
+    """Scores and failures by name, in the order scored."""
+
+    path: Path
+    scores: dict[str, float]
+    failed: dict[str, str]
+    #: Files tried (scored or failed).
+    total: int
+
+    @property
+    def mean(self) -> float:
+        values = list(self.scores.values())
+        return sum(values) / len(values)
+
+    @property
+    def std(self) -> float:
+        """Population standard deviation of the scores."""
+        mean = self.mean
+        return math.sqrt(sum((v - mean) ** 2 for v in self.scores.values()) / len(self.scores))
+
+    def to_dict(self) -> dict[str, object]:
+        """``ilvr niqe --json``: path, count, mean, std, scores, failed (needs at least one score)."""
+        return {
+            "path": str(self.path),
+            "count": len(self.scores),
+            "mean": self.mean,
+            "std": self.std,
+            "scores": self.scores,
+            "failed": self.failed,
+        }
+
+    def write_csv(self, target: Path) -> None:
+        """Columns image, niqe (``repr`` of the float), error: the scores, then the failures."""
+        try:
+            with open(target, "w", newline="", encoding="utf-8") as handle:
+                writer = csv.writer(handle)
+                writer.writerow(["image", "niqe", "error"])
+                for name, score in self.scores.items():
+                    writer.writerow([name, repr(score), ""])
+                for name, message in self.failed.items():
+                    writer.writerow([name, "", message])
+        except OSError as error:
+            raise InputError(f"cannot write {target}: {error.strerror or error}") from None
+
+
+def niqe_inputs(path: Path) -> NIQEInputs:
+    """One file (anything that is not a folder: reading it says what is wrong), or a folder's images named
+    by their relative path (an InputError if it holds none). A UsageError if ``path`` does not exist."""
+    path = Path(path)
+    if not path.exists():
+        raise UsageError(f"{path} does not exist")
+    if not path.is_dir():
+        return NIQEInputs(path, (NIQEInput(path.name, path),), False)
+    scan = scan_folder(path)
+    if not scan.items:
+        raise InputError(f"no images found in {path}")
+    files = tuple(
+        NIQEInput(item.rel.as_posix(), item.path, None if item.supported else unsupported_reason(item))
+        for item in scan.items
+    )
+    return NIQEInputs(path, files, True)
+
+
+def _score(file: Path, max_pixels: int) -> float:
+    """``niqe_file(file)``; running out of memory on a large image is that image's failure."""
+    try:
+        return float(niqelib.niqe_file(file, max_pixels))
+    except MemoryError:
+        raise InputError(
+            f"{file}: out of memory (NIQE needs about 70 bytes per pixel); shrink the image or lower "
+            "--max-megapixels"
+        ) from None
+
+
+def score_niqe(
+    inputs: NIQEInputs, max_pixels: int = DEFAULT_MAX_PIXELS, progress: MetricProgress | None = None
+) -> NIQERun:
+    """NIQE of each file of ``inputs`` (module docstring); the run may hold no score if every file failed."""
+    progress = progress or NoProgress()
+    scores: dict[str, float] = {}
+    failed: dict[str, str] = {}
+    progress.begin("NIQE", len(inputs.files))
+    for item in inputs.files:
+        try:
+            if item.unsupported is not None:
+                raise InputError(item.unsupported)
+            scores[item.name] = _score(item.path, max_pixels)
+        except InputError as error:
+            if not inputs.is_folder:
+                raise
+            failed[item.name] = str(error)
+            progress.skipped(item.name, str(error))
+        progress.advance(1)
+    return NIQERun(inputs.path, scores, failed, len(inputs.files))
+
+
+__all__ = ["NIQEInput", "NIQEInputs", "NIQERun", "niqe_inputs", "score_niqe"]
