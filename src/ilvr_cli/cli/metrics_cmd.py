@@ -62,30 +62,10 @@ def _max_pixels(megapixels: float) -> int:
 
 
 def _resolve_device(device: str | None) -> str:
-    """``--device``, checked to exist here (a UsageError otherwise); default cuda if available, else cpu."""
-    import torch
+    """``--device`` (default ``auto``), checked to exist here by the one runtime rule (a UsageError otherwise)."""
+    from ilvr_cli.runtime import resolve_device
 
-    if device is None:
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        parsed = torch.device(device)
-    except RuntimeError:
-        raise UsageError(f"unknown device {device!r}; use cpu, cuda, cuda:N or mps") from None
-    if parsed.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise UsageError(f"--device {device}: CUDA is not available here; use --device cpu")
-        if parsed.index is not None and parsed.index >= count:
-            raise UsageError(
-                f"--device {device}: there are {count} CUDA device(s) here, cuda:0 to cuda:{count - 1}"
-            )
-    elif parsed.type == "mps":
-        mps = getattr(torch.backends, "mps", None)
-        if mps is None or not mps.is_available():
-            raise UsageError(f"--device {device}: Apple MPS is not available here; use --device cpu")
-    elif parsed.type != "cpu":
-        raise UsageError(f"--device {device}: use cpu, cuda, cuda:N or mps")
-    return device
+    return str(resolve_device(device or "auto"))
 
 
 def _check_fid_arguments(paths: list[Path], save_stats: Path | None) -> None:

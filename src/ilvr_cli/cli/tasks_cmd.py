@@ -9,7 +9,6 @@ summary table (or ``--json``). The task library and torch are imported inside th
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
@@ -27,10 +26,9 @@ if TYPE_CHECKING:
 
 
 def _is_main_rank() -> bool:
-    try:
-        return int(os.environ.get("RANK", "0") or 0) == 0
-    except ValueError:
-        return True
+    from ilvr_cli.runtime import read_ranks
+
+    return read_ranks().is_main
 
 
 def _execute(config: TaskConfig, quiet: bool, as_json: bool) -> None:

@@ -9,7 +9,6 @@ one stops at once. Registered by ``cli/app.py`` with :func:`register`.
 
 from __future__ import annotations
 
-import os
 import signal
 import warnings
 from contextlib import contextmanager
@@ -171,6 +170,7 @@ def train(
 ) -> None:  # fmt: skip
     """Train an unconditional diffusion model on a folder of images (or fine-tune one with --init-from)."""
     _check_data_dir(data_dir)
+    from ilvr_cli.runtime import read_ranks
     from ilvr_cli.training import saved_config
     from ilvr_cli.training import train as run_training
 
@@ -197,7 +197,7 @@ def train(
         config = saved_config(out).resumed_with({"data_dir": str(data_dir.expanduser().absolute()), **given})
     else:
         config = _new_config(data_dir, out, preset, init_from, given, cache_dir)
-    main_rank = int(os.environ.get("RANK", "0")) == 0
+    main_rank = read_ranks().is_main
     progress = RichTrainProgress() if main_rank else None
     with _warnings_to_console(main_rank), _graceful_interrupt() as interrupted:
         try:
