@@ -15,7 +15,14 @@ from ilvr_cli.io.scan import scan_inputs
 from ilvr_cli.tasks import runner
 from ilvr_cli.tasks.config import TaskConfig, parse_range
 from ilvr_cli.tasks.distributed import dist_info, shard
-from ilvr_cli.tasks.plan import build_units, default_output, plan_task, resolve_settings
+from ilvr_cli.tasks.plan import (
+    UPSCALE_DEFAULT_NOTE,
+    Origin,
+    build_units,
+    default_output,
+    plan_task,
+    resolve_settings,
+)
 from ilvr_cli.tasks.presets import PRESETS
 from test_tasks_support import SIZE, smooth_image, write_png
 
@@ -54,8 +61,9 @@ def test_catalog_range_t_means_the_reference_codes_steps(tmp_path: Path, inputs:
             task="translate", model="ffhq", input=str(inputs), cache_dir=tmp_path, device="cpu", fit="resize"
         )
     )
-    assert plan.settings.factor == 32 and plan.settings.sources["factor"] == "catalog"
-    assert plan.settings.steps == "100" and plan.settings.sources["range"] == "catalog"
+    assert plan.settings.factor == 32 and plan.settings.sources["factor"] is Origin.MODEL
+    assert plan.settings.steps == "100" and plan.settings.sources["range"] is Origin.MODEL
+    assert plan.settings.to_dict()["sources"] == {"steps": "catalog", "factor": "catalog", "range": "catalog"}
     schedule = Schedule.named("linear", 1000).respace("100")
     ours = conditioned_steps(schedule, plan.settings.t_range, "paper")
     assert ours == conditioned_steps(schedule, 20, "ilvr_adm")
@@ -86,7 +94,7 @@ def test_a_path_model_uses_the_preset(model_path: Path, inputs: Path) -> None:
     )
     assert plan.model.image_size == SIZE
     assert (plan.settings.factor, plan.settings.t_range, plan.settings.steps) == (32, (1000, 500), "100")
-    assert plan.settings.sources["factor"] == "preset"
+    assert plan.settings.sources["factor"] is Origin.PRESET
 
 
 def test_range_all_is_clamped_to_the_models_T(model_path: Path, inputs: Path) -> None:
@@ -248,3 +256,12 @@ def test_rank_comes_from_torchrun_environment(monkeypatch) -> None:
     monkeypatch.setenv("RANK", "3")
     with pytest.raises(UsageError, match="RANK=3"):
         dist_info()
+
+
+def test_upscale_default_factor_says_it_holds_for_model_size_inputs(model_path: Path, inputs: Path) -> None:
+    """Each value's origin is an enum; a note says what the origin alone would not (rendered once)."""
+    settings = plan_task(config(model=str(model_path), input=str(inputs), device="cpu")).settings
+    assert settings.sources["factor"] is Origin.PRESET and settings.notes["factor"] == UPSCALE_DEFAULT_NOTE
+    assert settings.to_dict()["sources"]["factor"] == f"preset ({UPSCALE_DEFAULT_NOTE})"
+    given = plan_task(config(model=str(model_path), input=str(inputs), device="cpu", factor=4)).settings
+    assert given.sources["factor"] is Origin.OPTION and "factor" not in given.notes

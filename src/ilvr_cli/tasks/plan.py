@@ -12,6 +12,7 @@ import os
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -50,21 +51,41 @@ class WorkUnit:
     output: PurePosixPath
 
 
+class Origin(str, Enum):
+    """Where a setting's value came from; the value is what summaries and ``--json`` print."""
+
+    OPTION = "option"  #: given on the command line
+    MODEL = "catalog"  #: the model's suggestion (its catalog entry's defaults)
+    PRESET = "preset"  #: the task preset (docs/tasks.md, "Defaults and why")
+    INPUT = "input"  #: derived from the input (upscale: model size / input size)
+
+
+#: What ``upscale`` adds to a default N: it holds for model-size references only.
+UPSCALE_DEFAULT_NOTE = "for model-size inputs; smaller ones: model size / input size"
+
+
 @dataclass(frozen=True)
 class Settings:
-    """The values a run uses and where each came from (``option``, ``catalog``, ``preset``, ``input``)."""
+    """The values a run uses, each decided once, with where it came from (:class:`Origin`) and, where
+    that alone would mislead, a note."""
 
     factor: int | None
     t_range: tuple[int, int] | None
     steps: str
-    sources: Mapping[str, str] = field(default_factory=dict)
+    sources: Mapping[str, Origin] = field(default_factory=dict)
+    notes: Mapping[str, str] = field(default_factory=dict)
+
+    def source_text(self, key: str) -> str:
+        """``origin`` or ``origin (note)``, as summaries print it."""
+        origin = self.sources[key].value
+        return f"{origin} ({self.notes[key]})" if key in self.notes else origin
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "factor": self.factor,
             "range": list(self.t_range) if self.t_range else None,
             "steps": self.steps,
-            "sources": dict(self.sources),
+            "sources": {key: self.source_text(key) for key in self.sources},
         }
 
 
@@ -94,7 +115,10 @@ class TaskPlan:
         used = sorted(set(self.input_factors.values()))
         if used and used != [self.settings.factor]:
             settings["factor"] = used[0] if len(used) == 1 else used
-            settings["sources"] = {**settings["sources"], "factor": "input (model size / input size)"}
+            settings["sources"] = {
+                **settings["sources"],
+                "factor": f"{Origin.INPUT.value} (model size / input size)",
+            }
         return settings
 
 
@@ -185,12 +209,12 @@ def _catalog_range(defaults: Mapping[str, Any], num_timesteps: int) -> tuple[int
     return None
 
 
-def _check_factor(factor: int, size: int | None, source: str) -> None:
+def _check_factor(factor: int, size: int | None, source: Origin) -> None:
     if size is None:
         return
     if factor > size or size % factor:
         divisors = ", ".join(str(d) for d in range(1, size + 1) if size % d == 0 and d <= 64)
-        what = f"--factor {factor}" if source == "option" else f"the {source} default N={factor}"
+        what = f"--factor {factor}" if source is Origin.OPTION else f"the {source.value} default N={factor}"
         raise UsageError(f"{what} does not divide the model size {size}; choose one of {divisors}")
 
 
@@ -199,14 +223,15 @@ def resolve_settings(config: TaskConfig, model: ModelProbe, num_timesteps: int |
     task_preset = preset(config.task)
     suggested = model.spec.task_defaults(config.task) if model.spec is not None else {}
     t_count = num_timesteps or (model.diffusion.num_timesteps if model.diffusion else DEFAULT_NUM_TIMESTEPS)
-    sources: dict[str, str] = {}
+    sources: dict[str, Origin] = {}
+    notes: dict[str, str] = {}
 
     steps, sources["steps"] = (
-        (config.steps, "option")
+        (config.steps, Origin.OPTION)
         if config.steps is not None
-        else (str(suggested["respacing"]), "catalog")
+        else (str(suggested["respacing"]), Origin.MODEL)
         if "respacing" in suggested
-        else (DEFAULT_STEPS, "preset")
+        else (DEFAULT_STEPS, Origin.PRESET)
     )
     try:
         kept = space_timesteps(t_count, steps)
@@ -219,24 +244,24 @@ def resolve_settings(config: TaskConfig, model: ModelProbe, num_timesteps: int |
     t_range: tuple[int, int] | None = None
     if task_preset.factor is not None:
         if config.factor is not None:
-            factor, sources["factor"] = config.factor, "option"
+            factor, sources["factor"] = config.factor, Origin.OPTION
         elif "factor" in suggested:
-            factor, sources["factor"] = int(suggested["factor"]), "catalog"
+            factor, sources["factor"] = int(suggested["factor"]), Origin.MODEL
         else:
-            factor, sources["factor"] = task_preset.factor, "preset"
+            factor, sources["factor"] = task_preset.factor, Origin.PRESET
         _check_factor(factor, model.image_size, sources["factor"])
         if config.task == "upscale" and config.factor is None:
-            sources["factor"] += " (for model-size inputs; smaller ones: model size / input size)"
+            notes["factor"] = UPSCALE_DEFAULT_NOTE
         catalog_range = _catalog_range(suggested, t_count)
         if config.t_range is not None:
-            t_range, sources["range"] = config.t_range, "option"
+            t_range, sources["range"] = config.t_range, Origin.OPTION
         elif catalog_range is not None:
-            t_range, sources["range"] = catalog_range, "catalog"
+            t_range, sources["range"] = catalog_range, Origin.MODEL
         else:
-            t_range, sources["range"] = task_preset.t_range(t_count), "preset"
+            t_range, sources["range"] = task_preset.t_range(t_count), Origin.PRESET
         assert t_range is not None, "every preset with a factor has a range_fraction"
         t_range = (min(t_range[0], t_count), min(t_range[1], t_count + 1))
-    return Settings(factor, t_range, steps, sources)
+    return Settings(factor, t_range, steps, sources, notes)
 
 
 def input_factors(
