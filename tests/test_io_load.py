@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import io
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from fake_images import png_bytes
 from ilvr_cli.errors import InputError
 from ilvr_cli.io.load import load_image, load_mask
 
@@ -118,16 +116,6 @@ def test_mask_treats_transparent_as_keep(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------------------------- refused
-def png_bytes(width: int, height: int) -> bytes:
-    """A tiny PNG whose header claims ``width`` x ``height`` (the data stays 1x1: a bomb-like header)."""
-    buffer = io.BytesIO()
-    Image.new("L", (1, 1)).save(buffer, format="PNG")
-    data = bytearray(buffer.getvalue())
-    ihdr = data[12:29]  # chunk type + 13 bytes of IHDR data
-    ihdr[4:12] = struct.pack(">II", width, height)
-    data[12:29] = ihdr
-    data[29:33] = struct.pack(">I", zlib.crc32(bytes(ihdr)) & 0xFFFFFFFF)
-    return bytes(data)
 
 
 @pytest.mark.parametrize(

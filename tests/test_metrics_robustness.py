@@ -3,14 +3,11 @@ headers, pixel limits, FIFOs and /proc files. Each bad input is one failed item 
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import os
-import struct
 import sys
 import warnings
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +17,7 @@ import typer
 from PIL import Image
 from typer.testing import CliRunner
 
+from fake_images import png_bytes
 from ilvr_cli.cli.exit_codes import ExitCode
 from ilvr_cli.cli.metrics_cmd import fid_command, niqe_command
 from ilvr_cli.errors import InputError
@@ -39,16 +37,6 @@ LINUX = pytest.mark.skipif(
 
 
 # --------------------------------------------------------------------------------------------- helpers
-def png_bytes(width: int, height: int) -> bytes:
-    """A tiny PNG whose header claims ``width`` x ``height`` (the data stays 1x1: a bomb-like header)."""
-    buffer = io.BytesIO()
-    Image.new("L", (1, 1)).save(buffer, format="PNG")
-    data = bytearray(buffer.getvalue())
-    ihdr = data[12:29]  # chunk type + 13 bytes of IHDR data
-    ihdr[4:12] = struct.pack(">II", width, height)
-    data[12:29] = ihdr
-    data[29:33] = struct.pack(">I", zlib.crc32(bytes(ihdr)) & 0xFFFFFFFF)
-    return bytes(data)
 
 
 def _random_png(path: Path, size: int, seed: int) -> Path:

@@ -47,18 +47,24 @@ class ImageData:
         return int(self.pixels.shape[0]), int(self.pixels.shape[1])
 
 
-def _open_header(path: Path, max_pixels: int) -> Image.Image:
-    """Open lazily (header only) and check the format and the pixel count; nothing is decoded."""
+def open_header(
+    path: Path, max_pixels: int, formats: frozenset[str] | None = SUPPORTED_FORMATS
+) -> Image.Image:
+    """Open lazily (header only) and check: a regular file, an image, one of ``formats`` (None: whatever
+    Pillow reads, as the metrics' reference implementations do), at most ``max_pixels`` (the
+    decompression-bomb guard, from the header). Nothing is decoded. Every refusal is an InputError."""
     check_regular_file(path)
     try:
-        image = Image.open(path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we check the size ourselves
+            image = Image.open(path)
     except Image.DecompressionBombError as error:
         raise InputError(f"{path}: refused as a possible decompression bomb ({error})") from None
     except UnidentifiedImageError:
         raise InputError(f"{path}: not an image (or a format Pillow cannot identify)") from None
     except DECODE_ERRORS as error:
         raise InputError(f"{path}: cannot read the image header ({error})") from None
-    if image.format not in SUPPORTED_FORMATS:
+    if formats is not None and image.format not in formats:
         image.close()
         raise InputError(
             f"{path}: unsupported image format {image.format}; convert it to PNG, JPEG, WebP, BMP or TIFF"
@@ -67,8 +73,8 @@ def _open_header(path: Path, max_pixels: int) -> Image.Image:
     if width * height > max_pixels:
         image.close()
         raise InputError(
-            f"{path}: {width}x{height} is {width * height / 1e6:.0f} megapixels, over the "
-            f"{max_pixels / 1e6:.0f} megapixel limit (decompression-bomb guard); shrink it first or raise the limit"
+            f"{path}: {width}x{height} is {width * height / 1e6:g} megapixels, over the {max_pixels / 1e6:g} "
+            "megapixel limit (decompression-bomb guard); shrink it or raise --max-megapixels"
         )
     if width < 1 or height < 1:
         image.close()
@@ -77,8 +83,8 @@ def _open_header(path: Path, max_pixels: int) -> Image.Image:
 
 
 def _open(path: Path, max_pixels: int) -> Image.Image:
-    """Open (header checks of :func:`_open_header`), then decode."""
-    image = _open_header(path, max_pixels)
+    """Open (header checks of :func:`open_header`), then decode."""
+    image = open_header(path, max_pixels)
     try:
         image.load()
     except DECODE_ERRORS as error:
@@ -138,7 +144,7 @@ def read_image_size(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_M
     p = Path(path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        image = _open_header(p, max_pixels)
+        image = open_header(p, max_pixels)
         try:
             width, height = image.size
             try:

@@ -9,16 +9,15 @@ not an image, truncated or corrupt, over a pixel limit checked from the header b
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from ilvr_cli.errors import InputError, UsageError
 from ilvr_cli.io.files import DECODE_ERRORS, check_regular_file, not_regular_file
-from ilvr_cli.io.load import DEFAULT_MAX_PIXELS
+from ilvr_cli.io.load import DEFAULT_MAX_PIXELS, open_header
 from ilvr_cli.io.scan import GRID_DIR, IMAGE_EXTENSIONS, InputItem, scan_inputs
 
 __all__ = [
@@ -75,40 +74,14 @@ def list_images(folder: Path) -> list[Path]:
     return [item.path for item in scan_folder(folder).images]
 
 
-def _megapixels(pixels: float) -> str:
-    return f"{pixels / 1e6:g}"
-
-
 def _open(path: Path, max_pixels: int) -> Image.Image:
-    """Open, check the pixel count from the header, then decode; every failure is an InputError."""
-    check_regular_file(path)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we check the size ourselves
-        try:
-            image = Image.open(path)
-        except Image.DecompressionBombError as error:
-            raise InputError(
-                f"cannot read image {path}: refused as a possible decompression bomb ({error})"
-            ) from None
-        except UnidentifiedImageError:
-            raise InputError(
-                f"cannot read image {path}: not an image (or a format Pillow cannot identify)"
-            ) from None
-        except DECODE_ERRORS as error:
-            raise InputError(f"cannot read image {path}: cannot read the image header ({error})") from None
-        width, height = image.size
-        if width * height > max_pixels:
-            image.close()
-            raise InputError(
-                f"cannot read image {path}: {width}x{height} is {_megapixels(width * height)} megapixels, over the "
-                f"{_megapixels(max_pixels)} megapixel limit (decompression-bomb guard); shrink it or raise "
-                "--max-megapixels"
-            )
-        try:
-            image.load()
-        except DECODE_ERRORS as error:
-            image.close()
-            raise InputError(f"cannot read image {path}: truncated or corrupt image data ({error})") from None
+    """Open with the tasks' header checks (any format Pillow reads), then decode; failures are InputErrors."""
+    image = open_header(path, max_pixels, formats=None)
+    try:
+        image.load()
+    except DECODE_ERRORS as error:
+        image.close()
+        raise InputError(f"{path}: truncated or corrupt image data ({error})") from None
     return image
 
 
