@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 
 from ilvr_cli.config import DiffusionConfig, UNetConfig
 from ilvr_cli.errors import CheckpointError
-from ilvr_cli.models import checkpoints
+from ilvr_cli.models import safetensors_file
 from ilvr_cli.models.checkpoints import load_checkpoint, read_native_metadata, save_native
 from ilvr_cli.models.shape_inference import infer_unet_config
 from ilvr_cli.models.unet import UNet
@@ -75,11 +75,10 @@ def test_native_write_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     target = tmp_path / "m.safetensors"
     target.write_bytes(b"previous version")
 
-    def broken_save(tensors, filename, metadata=None):
-        Path(filename).write_bytes(b"half written")
+    def broken_write(tensor):  # fails after the header is written: a half-written file
         raise OSError("disk full")
 
-    monkeypatch.setattr(checkpoints, "save_file", broken_save)
+    monkeypatch.setattr(safetensors_file, "_tensor_bytes", broken_write)
     with pytest.raises(OSError, match="disk full"):
         save_native(target, _random_state(config), config, DiffusionConfig())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]

@@ -11,10 +11,10 @@ import torch
 from safetensors import safe_open
 
 from ilvr_cli.errors import CheckpointError, UsageError
+from ilvr_cli.models import safetensors_file
 from ilvr_cli.models.checkpoints import load_checkpoint, read_native_metadata
 from ilvr_cli.registry import load_model
 from ilvr_cli.training import saved_config, train
-from ilvr_cli.training import state as state_module
 from ilvr_cli.training.state import STATE_NAME, load_state
 from training_helpers import image_folder, tiny_config
 
@@ -131,11 +131,10 @@ def test_a_failed_save_leaves_the_previous_checkpoint_intact(
     train(tiny_config(data, out, steps=2))
     before = (out / STATE_NAME).read_bytes()
 
-    def half_write(tensors, filename, metadata=None):  # noqa: ANN001 - stands in for safetensors.save_file
-        Path(filename).write_bytes(b"partial")
+    def half_write(tensor):  # fails after the header is written: a half-written file
         raise OSError("disk full")
 
-    monkeypatch.setattr(state_module, "save_file", half_write)
+    monkeypatch.setattr(safetensors_file, "_tensor_bytes", half_write)
     with pytest.raises(OSError, match="disk full"):
         train(tiny_config(data, out, steps=4), resume=True)
     assert (out / STATE_NAME).read_bytes() == before

@@ -29,13 +29,13 @@ from typing import Any, Protocol
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from ilvr_cli.atomic import atomic_write_path
 from ilvr_cli.config import DiffusionConfig, UNetConfig
 from ilvr_cli.errors import CheckpointError
 from ilvr_cli.models import diffusers_format
+from ilvr_cli.models.safetensors_file import write_safetensors
 from ilvr_cli.models.shape_inference import explain_mismatch, infer_unet_config
 from ilvr_cli.models.unet import UNet
 
@@ -326,8 +326,7 @@ def save_native(
         META_DIFFUSION_CONFIG: json.dumps(None if diffusion_config is None else diffusion_config.to_dict()),
         META_FORMAT_VERSION: FORMAT_VERSION,
     }
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
-    atomic_write_path(target, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    write_safetensors(target, state, metadata)  # deterministic bytes: the sha256 identifies the weights
     return target
 
 

@@ -17,10 +17,11 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from ilvr_cli.atomic import atomic_write_path, atomic_write_text
+from ilvr_cli.atomic import atomic_write_text
 from ilvr_cli.errors import CheckpointError
+from ilvr_cli.models.safetensors_file import write_safetensors
 
 __all__ = [
     "STATE_NAME",
@@ -52,9 +53,9 @@ class TrainingState:
 def save_state(path: Path, state: TrainingState) -> Path:
     """Write the state atomically (:mod:`ilvr_cli.atomic`; tensors in safetensors, ``info`` as JSON in its
     metadata)."""
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.tensors.items()}
     metadata = {_META_KEY: json.dumps({"format": STATE_FORMAT, **state.info}, sort_keys=True)}
-    return atomic_write_path(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    write_safetensors(path, state.tensors, metadata)
+    return Path(path)
 
 
 def load_state(path: Path, map_location: str = "cpu") -> TrainingState:
