@@ -127,13 +127,24 @@ def test_a_non_finite_sample_fails_and_is_not_recorded_as_done(lr: Path, tmp_pat
 
 
 # ----------------------------------------------------------------------- 6. the summary says the N used
-def test_summary_reports_the_factor_the_thumbnails_get(model: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("size", "factor"), [(8, 4), (4, 8)])  # N = 8 is also the preset's default
+def test_summary_reports_the_factor_the_thumbnails_get(
+    model: str, tmp_path: Path, size: int, factor: int
+) -> None:
     for i in range(2):
-        write_png(tmp_path / "lr" / f"{i}.png", smooth_image(i, 8))  # 8x8 on a 32 model: N = 4, not 8
+        write_png(tmp_path / "lr" / f"{i}.png", smooth_image(i, size))  # on a 32 model: N = 32 / size
     result = upscale(model, tmp_path / "lr", tmp_path / "out", "--json")
     settings = json.loads(result.stdout)["settings"]
-    assert settings["factor"] == 4 and settings["sources"]["factor"].startswith("input")
-    assert read_png_params(tmp_path / "out" / "0.png")["factor"] == 4
+    assert settings["factor"] == factor and settings["sources"]["factor"] == "input (model size / input size)"
+    assert read_png_params(tmp_path / "out" / "0.png")["factor"] == factor
+
+
+def test_summary_names_both_sources_of_a_mixed_folder(model: str, tmp_path: Path) -> None:
+    write_png(tmp_path / "lr" / "thumb.png", smooth_image(0, 8))  # N = 32 / 8 = 4
+    write_png(tmp_path / "lr" / "full.png", smooth_image(1, 32))  # a reference at model size: the default N
+    settings = json.loads(upscale(model, tmp_path / "lr", tmp_path / "out", "--json").stdout)["settings"]
+    assert settings["factor"] == [4, 8]
+    assert settings["sources"]["factor"].startswith("input (model size / input size) for 1 input(s); preset")
 
 
 # ----------------------------------------------------------------------- 7. batch size, stated exactly

@@ -67,6 +67,8 @@ class TaskPlan:
     autocast: torch.dtype | None
     #: N per input label, from the image headers (empty when the model's size is not known yet).
     input_factors: Mapping[str, int] = field(default_factory=dict)
+    #: The inputs whose N their own size decided (upscale thumbnails: model size / input size).
+    factor_from_input: frozenset[str] = frozenset()
 
     @property
     def manifest_path(self) -> Path:
@@ -77,12 +79,18 @@ class TaskPlan:
         input size for thumbnails), not only the default for model-size references."""
         settings = self.settings.to_dict()
         used = sorted(set(self.input_factors.values()))
-        if used and used != [self.settings.factor]:
-            settings["factor"] = used[0] if len(used) == 1 else used
-            settings["sources"] = {
-                **settings["sources"],
-                "factor": f"{Origin.INPUT.value} (model size / input size)",
-            }
+        if not used or (used == [self.settings.factor] and not self.factor_from_input):
+            return settings
+        settings["factor"] = used[0] if len(used) == 1 else used
+        source = f"{Origin.INPUT.value} (model size / input size)"
+        others = len(self.input_factors) - len(self.factor_from_input)
+        if others and self.factor_from_input:
+            source += (
+                f" for {len(self.factor_from_input)} input(s); {settings['sources']['factor']} for {others}"
+            )
+        elif others:
+            source = settings["sources"]["factor"]
+        settings["sources"] = {**settings["sources"], "factor": source}
         return settings
 
 
@@ -181,8 +189,8 @@ def plan_task(config: TaskConfig, model: ModelProbe | None = None) -> TaskPlan:
     device = resolve_device(config.device, dist_info().local_rank)
     autocast = autocast_dtype(config.precision, device)
     units = build_units(config, inputs)
-    factors = input_factors(config, inputs, model, settings)
-    return TaskPlan(config, inputs, output, model, settings, units, device, autocast, factors)
+    factors, from_input = input_factors(config, inputs, model, settings)
+    return TaskPlan(config, inputs, output, model, settings, units, device, autocast, factors, from_input)
 
 
 __all__ = [

@@ -136,14 +136,15 @@ def resolve_settings(config: TaskConfig, model: ModelProbe, num_timesteps: int |
 
 def input_factors(
     config: TaskConfig, inputs: InputSet | None, model: ModelProbe, settings: Settings
-) -> dict[str, int]:
-    """N for each input, from its header (size and format only): the checks of
+) -> tuple[dict[str, int], frozenset[str]]:
+    """N for each input, from its header (size and format only), and the inputs whose N their own size
+    decides (``upscale`` thumbnails: model size / input size): the checks of
     :mod:`~ilvr_cli.tasks.reference` that need no pixels and no model. An input that fails them is left
     out (it fails alone when the run reads it); if every input fails, nothing could run: a
     :class:`UsageError` before any model is loaded or OUTPUT is created."""
     if inputs is None or model.image_size is None or settings.factor is None:
-        return {}
-    size, factors, errors = model.image_size, {}, []
+        return {}, frozenset()
+    size, factors, from_input, errors = model.image_size, {}, set(), []
     for item in inputs.items:
         label = item.rel.as_posix()
         try:
@@ -158,6 +159,8 @@ def input_factors(
                     default_factor=settings.factor,
                     fit=config.fit,
                 )
+                if h == w and h < size and size % h == 0:
+                    from_input.add(label)
             else:
                 full_size_check(label, h, w, model_size=size, factor=settings.factor, fit=config.fit)
                 factors[label] = settings.factor
@@ -166,7 +169,7 @@ def input_factors(
     if errors and not factors:
         more = f" (and {len(errors) - 1} more input(s) that cannot be used either)" if len(errors) > 1 else ""
         raise UsageError(f"no input can be used: {errors[0]}{more}")
-    return factors
+    return factors, frozenset(from_input)
 
 
 def recipe(
