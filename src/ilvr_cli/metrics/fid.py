@@ -309,7 +309,7 @@ def _lower_congruence(sigma: Tensor, factor: Tensor) -> Tensor:
     """L^T S L for a lower-triangular L, correct in its lower triangle (what ``eigvalsh`` reads).
 
     Done in column blocks that skip L's zero blocks and M's upper triangle: about half the work of two
-    full matrix products (timings: docs/metrics.md, `ilvr fid`).
+    full matrix products (timings: docs/benchmarks.md, "FID").
     """
     n = sigma.shape[0]
     blocks = max(1, min(8, n // 256))
@@ -383,7 +383,7 @@ def _one_thread() -> Iterator[None]:
 
     ``eigvalsh``'s tridiagonal reduction is memory-bound: a second thread saves little on an idle machine
     but makes it several times slower when other processes share the cores, as OpenMP threads then wait
-    for each other (measured: docs/metrics.md, `ilvr fid`).
+    for each other (measured: docs/benchmarks.md, "FID").
     """
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

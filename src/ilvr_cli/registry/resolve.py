@@ -99,7 +99,7 @@ def _converted_record(directory: Path, progress: DownloadProgress, *, locked: bo
     record (its size and mtime prove nothing). A damaged one is never returned; it is deleted (so it is
     converted again) only when the caller holds the entry's lock, since another process may be writing it.
 
-    Cost: one sha256 pass over the file (measured in docs/registry.md).
+    Cost: one sha256 pass over the file (measured in docs/benchmarks.md, "Loading checkpoints").
     """
     converted = directory / CONVERTED_NAME
     if not converted.is_file():
