@@ -112,19 +112,32 @@ class NativeAdapter:
 
     def convert(self, path: Path, map_location: MapLocation, image_size: int | None) -> Converted:
         meta = read_native_metadata(path)
-        try:
-            unet = UNetConfig.from_dict(json.loads(meta.pop(META_UNET_CONFIG)))
-            raw_diffusion = json.loads(meta.pop(META_DIFFUSION_CONFIG, "null"))
-            diffusion = None if raw_diffusion is None else DiffusionConfig.from_dict(raw_diffusion)
-        except (json.JSONDecodeError, TypeError) as err:
-            raise CheckpointError(f"{path}: corrupt ilvr-cli config metadata ({err})") from err
-        version = meta.pop(META_FORMAT_VERSION, None)
-        if version != FORMAT_VERSION:
-            raise CheckpointError(
-                f"{path}: ilvr-cli checkpoint format version {version!r} is not {FORMAT_VERSION!r}; "
-                "upgrade ilvr-cli or re-export the checkpoint"
-            )
+        unet, diffusion = _pop_native_configs(meta, path)
         return Converted(_load_safetensors(path, map_location), unet, diffusion, meta)
+
+
+def _pop_native_configs(meta: dict[str, str], path: Path) -> tuple[UNetConfig, DiffusionConfig | None]:
+    """Take the configs and the format version out of an ilvr-cli file's metadata (what is left is the
+    user's extra metadata); a CheckpointError if they are corrupt or of another format version."""
+    try:
+        unet = UNetConfig.from_dict(json.loads(meta.pop(META_UNET_CONFIG)))
+        raw_diffusion = json.loads(meta.pop(META_DIFFUSION_CONFIG, "null"))
+        diffusion = None if raw_diffusion is None else DiffusionConfig.from_dict(raw_diffusion)
+    except (json.JSONDecodeError, TypeError) as err:
+        raise CheckpointError(f"{path}: corrupt ilvr-cli config metadata ({err})") from err
+    version = meta.pop(META_FORMAT_VERSION, None)
+    if version != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: ilvr-cli checkpoint format version {version!r} is not {FORMAT_VERSION!r}; "
+            "upgrade ilvr-cli or re-export the checkpoint"
+        )
+    return unet, diffusion
+
+
+def read_native_configs(path: str | os.PathLike[str]) -> tuple[UNetConfig, DiffusionConfig | None]:
+    """The UNet and diffusion configs of an ilvr-cli ``.safetensors`` from its header alone (no tensor is
+    read); a CheckpointError if the file is not one or its configs are unreadable."""
+    return _pop_native_configs(read_native_metadata(path), Path(path))
 
 
 class GuidedDiffusionAdapter:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ilvr_cli.config import DiffusionConfig, UNetConfig
+from ilvr_cli.config import DiffusionConfig
 from ilvr_cli.errors import CheckpointError, UsageError
 from ilvr_cli.registry import DownloadProgress, ModelSpec, NullProgress, load_catalog, resolve_model
 from ilvr_cli.registry.cache import CONVERTED_NAME, Manifest, sha256_file
@@ -33,15 +33,15 @@ class ModelProbe:
 
 
 def _native_configs(path: Path) -> tuple[int | None, DiffusionConfig | None]:
-    from ilvr_cli.models.checkpoints import META_DIFFUSION_CONFIG, META_UNET_CONFIG, read_native_metadata
+    """Image size and diffusion config from an ilvr-cli file's header; (None, None) if they do not read
+    cleanly (the load then names the problem)."""
+    from ilvr_cli.models.checkpoints import read_native_configs
 
     try:
-        meta = read_native_metadata(path)
-        unet = UNetConfig.from_dict(json.loads(meta[META_UNET_CONFIG]))
-        raw = json.loads(meta.get(META_DIFFUSION_CONFIG, "null"))
+        unet, diffusion = read_native_configs(path)
     except (CheckpointError, KeyError, ValueError, TypeError):
         return None, None
-    return unet.image_size, None if raw is None else DiffusionConfig.from_dict(raw)
+    return unet.image_size, diffusion
 
 
 def _diffusers_size(folder: Path) -> int | None:

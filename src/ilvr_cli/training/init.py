@@ -11,7 +11,6 @@ where possible (the run loads them once, in :mod:`~ilvr_cli.training.trainer`).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ilvr_cli.config import DiffusionConfig, UNetConfig
@@ -21,23 +20,12 @@ from ilvr_cli.errors import CheckpointError
 def _native_configs(path: Path) -> tuple[UNetConfig, DiffusionConfig | None] | None:
     """The configs in an ilvr-cli ``.safetensors``'s metadata; None if it is not one or they do not read
     cleanly (the loader then says why)."""
-    from ilvr_cli.models.checkpoints import (
-        FORMAT_VERSION,
-        META_DIFFUSION_CONFIG,
-        META_FORMAT_VERSION,
-        META_UNET_CONFIG,
-        read_native_metadata,
-    )
+    from ilvr_cli.models.checkpoints import read_native_configs
 
     if not (path.is_file() and path.suffix == ".safetensors"):
         return None
     try:
-        meta = read_native_metadata(path)
-        if meta.get(META_FORMAT_VERSION) != FORMAT_VERSION:
-            return None
-        unet = UNetConfig.from_dict(json.loads(meta[META_UNET_CONFIG]))
-        raw = json.loads(meta.get(META_DIFFUSION_CONFIG, "null"))
-        diffusion = None if raw is None else DiffusionConfig.from_dict(raw)
+        unet, diffusion = read_native_configs(path)
     except (CheckpointError, KeyError, ValueError, TypeError):
         return None
     if diffusion is not None and diffusion.variance_type == "learned_range" and not unet.learn_sigma:
