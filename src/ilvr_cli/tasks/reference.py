@@ -91,6 +91,11 @@ def _check_not_too_small(label: str, h: int, w: int, needed: int, factor: int) -
         )
 
 
+def is_thumbnail(height: int, width: int, model_size: int) -> bool:
+    """A square input whose side divides the model size: its own size decides N (model size / side)."""
+    return height == width and height < model_size and model_size % height == 0
+
+
 def upscale_factor(
     label: str, height: int, width: int, *, model_size: int, factor: int | None, default_factor: int, fit: str
 ) -> int:
@@ -101,7 +106,7 @@ def upscale_factor(
     h, w = height, width
     if h == w == model_size:
         return factor or default_factor
-    if h == w and h < model_size and model_size % h == 0:
+    if is_thumbnail(h, w, model_size):
         inferred = model_size // h
         if factor is not None and factor != inferred:
             raise InputError(

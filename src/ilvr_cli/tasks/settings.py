@@ -21,7 +21,7 @@ from ilvr_cli.io.scan import InputSet
 from ilvr_cli.tasks.config import TaskConfig
 from ilvr_cli.tasks.model import ModelProbe
 from ilvr_cli.tasks.presets import DEFAULT_STEPS, preset
-from ilvr_cli.tasks.reference import full_size_check, upscale_factor
+from ilvr_cli.tasks.reference import full_size_check, is_thumbnail, upscale_factor
 
 #: Assumed until the model says otherwise (all published ILVR models use T = 1000).
 DEFAULT_NUM_TIMESTEPS = 1000
@@ -159,7 +159,7 @@ def input_factors(
                     default_factor=settings.factor,
                     fit=config.fit,
                 )
-                if h == w and h < size and size % h == 0:
+                if is_thumbnail(h, w, size):
                     from_input.add(label)
             else:
                 full_size_check(label, h, w, model_size=size, factor=settings.factor, fit=config.fit)
