@@ -29,6 +29,7 @@ from ilvr_cli.diffusion.schedule import Schedule
 from ilvr_cli.errors import CheckpointError, UsageError
 from ilvr_cli.models.checkpoints import save_native
 from ilvr_cli.models.unet import UNet
+from ilvr_cli.runtime import autocast_dtype
 from ilvr_cli.training.data import (
     DataOrder,
     ImageFolder,
@@ -211,8 +212,7 @@ class _Trainer:
             )
         if c.sample_every and c.sample_count:
             Schedule.from_config(c.diffusion).respace(c.sample_steps)  # a bad --sample-steps fails now
-        if c.precision != "fp32" and self.device.type != "cuda":
-            raise UsageError(f"--precision {c.precision} needs a CUDA device; use fp32 on {self.device.type}")
+        self.autocast = autocast_dtype(c.precision, self.device)  # the tasks' rule: bf16/fp16 on CUDA only
 
     def _build(self, load_init: bool) -> None:
         c = self.config
@@ -371,10 +371,9 @@ class _Trainer:
     # ------------------------------------------------------------------------------------------ loop
 
     def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.config.precision == "fp32":
+        if self.autocast is None:
             return contextlib.nullcontext()
-        dtype = torch.bfloat16 if self.config.precision == "bf16" else torch.float16
-        return torch.autocast(device_type=self.device.type, dtype=dtype)
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast)
 
     def _loader(self) -> torch.utils.data.DataLoader:
         c, ctx = self.config, self.ctx
