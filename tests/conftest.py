@@ -93,4 +93,4 @@ def no_loading(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*args, **kwargs):
         raise AssertionError("a model was loaded")
 
-    monkeypatch.setattr("ilvr_cli.tasks.runner.load_task_model", refuse)
+    monkeypatch.setattr("ilvr_cli.registry.handle.ModelHandle.load", refuse)

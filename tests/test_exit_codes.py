@@ -22,7 +22,7 @@ from ilvr_cli.cli.app import app
 from ilvr_cli.cli.exit_codes import ExitCode
 from ilvr_cli.metrics.fid import FIDStatistics
 from ilvr_cli.metrics.inception import random_state_dict
-from ilvr_cli.tasks.model import PreparedModel
+from ilvr_cli.registry.handle import ModelHandle
 from test_tasks_support import SIZE, TINY_DIFFUSION, save_tiny_model, smooth_image, write_png
 from training_helpers import image_folder, tiny_config_json
 
@@ -77,8 +77,8 @@ def _task_nan(task: str) -> Scenario:
             return torch.full((x.shape[0], 6, *x.shape[2:]), float("nan"))
 
     def run(ctx: Ctx) -> list[str]:
-        broken = PreparedModel(NaN(), TINY_DIFFUSION, SIZE, "nan", "0" * 64)
-        ctx.mp.setattr("ilvr_cli.tasks.runner.load_task_model", lambda *a, **k: broken)
+        broken = ModelHandle.from_network(NaN(), TINY_DIFFUSION, SIZE, name="nan")
+        ctx.mp.setattr("ilvr_cli.tasks.plan.open_task_model", lambda *a, **k: broken)
         return _task(task)(ctx)
 
     return run

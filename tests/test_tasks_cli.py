@@ -16,7 +16,7 @@ from ilvr_cli.cli.app import app
 from ilvr_cli.cli.exit_codes import ExitCode
 from ilvr_cli.io.manifest import read_records
 from ilvr_cli.io.write import read_png_params
-from ilvr_cli.tasks import runner as task_runner
+from ilvr_cli.registry.handle import ModelHandle
 from test_tasks_support import read_pixels, save_tiny_model, smooth_image, write_png
 
 runner = CliRunner()
@@ -96,7 +96,7 @@ def test_partial_failure_exits_1_and_names_the_file(model: str, lr: Path, tmp_pa
 def test_usage_errors_exit_2_with_one_line_before_loading(
     model: str, lr: Path, tmp_path: Path, monkeypatch, args: list[str], message: str
 ) -> None:
-    monkeypatch.setattr(task_runner, "load_task_model", lambda *a, **k: pytest.fail("model loaded"))
+    monkeypatch.setattr(ModelHandle, "load", lambda *a, **k: pytest.fail("model loaded"))
     base = ["upscale", lr, tmp_path / "out"]
     if "--model" not in args:
         base += ["--model", model]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path, PurePosixPath
 
 import pytest
@@ -229,10 +228,10 @@ def test_parse_range_refuses(text: str) -> None:
 
 
 def test_settings_refuse_a_default_that_does_not_divide(model_path: Path) -> None:
-    from ilvr_cli.tasks.model import probe_model
+    from ilvr_cli.registry import open_model
 
-    probe = probe_model(str(model_path))
-    odd = dataclasses.replace(probe, image_size=48)
+    odd = open_model(str(model_path))
+    odd._image_size = 48  # a model of another size, as its header would say
     with pytest.raises(UsageError, match="the preset default N=32 does not divide the model size 48"):
         resolve_settings(config(task="translate", model="m", input="x"), odd)
     assert resolve_settings(config(task="translate", model="m", input="x", factor=16), odd).factor == 16

@@ -20,10 +20,10 @@ from ilvr_cli.errors import UsageError
 from ilvr_cli.io import scan
 from ilvr_cli.io.manifest import MANIFEST_NAME, read_records
 from ilvr_cli.io.write import read_png_params
+from ilvr_cli.registry.handle import ModelHandle
 from ilvr_cli.tasks import TaskConfig, run_task
 from ilvr_cli.tasks import runner as task_runner
 from ilvr_cli.tasks import writer as task_writer
-from ilvr_cli.tasks.model import PreparedModel
 from ilvr_cli.tasks.outputs import LOCK_NAME
 from test_tasks_support import (
     SIZE,
@@ -77,7 +77,7 @@ def test_a_rerun_with_other_settings_is_refused_before_loading(
     out = tmp_path / "out"
     assert upscale(model, lr, out).exit_code == ExitCode.OK
     before = {p.name: p.read_bytes() for p in out.glob("*.png")}
-    monkeypatch.setattr(task_runner, "load_task_model", lambda *a, **k: pytest.fail("a model was loaded"))
+    monkeypatch.setattr(ModelHandle, "load", lambda *a, **k: pytest.fail("a model was loaded"))
     result = upscale(model, lr, out, *changed)
     assert result.exit_code == ExitCode.USAGE, result.output
     assert field in result.stderr and "--overwrite" in result.stderr and "3 result(s)" in result.stderr
@@ -117,7 +117,7 @@ class _NaNNetwork(torch.nn.Module):
 
 
 def test_a_non_finite_sample_fails_and_is_not_recorded_as_done(lr: Path, tmp_path: Path) -> None:
-    broken = PreparedModel(_NaNNetwork(), TINY_DIFFUSION, SIZE, "nan-net", "0" * 64)
+    broken = ModelHandle.from_network(_NaNNetwork(), TINY_DIFFUSION, SIZE, name="nan-net")
     config = TaskConfig(task="upscale", model="nan-net", input=str(lr), output=tmp_path / "out", steps="3")
     result = run_task(config, model=broken)
     assert result.done == [] and len(result.failed) == 3

@@ -14,7 +14,7 @@ from ilvr_cli.config import DiffusionConfig, UNetConfig
 from ilvr_cli.diffusion import Schedule
 from ilvr_cli.models.checkpoints import save_native
 from ilvr_cli.models.unet import UNet
-from ilvr_cli.tasks.model import PreparedModel
+from ilvr_cli.registry.handle import ModelHandle
 
 SIZE = 32
 TINY_CONFIG = UNetConfig(
@@ -61,8 +61,8 @@ class StandIn(torch.nn.Module):
         return torch.tanh(out)
 
 
-def stand_in_model() -> PreparedModel:
-    return PreparedModel(StandIn(), TINY_DIFFUSION, SIZE, "stand-in", "0" * 64)
+def stand_in_model() -> ModelHandle:
+    return ModelHandle.from_network(StandIn(), TINY_DIFFUSION, SIZE, name="stand-in")
 
 
 class GreyOracle(torch.nn.Module):
@@ -79,8 +79,8 @@ class GreyOracle(torch.nn.Module):
         return torch.cat([eps, torch.zeros_like(eps)], dim=1)
 
 
-def oracle_model() -> PreparedModel:
-    return PreparedModel(GreyOracle(), TINY_DIFFUSION, SIZE, "grey-oracle", "0" * 64)
+def oracle_model() -> ModelHandle:
+    return ModelHandle.from_network(GreyOracle(), TINY_DIFFUSION, SIZE, name="grey-oracle")
 
 
 def smooth_image(seed: int, size: int = SIZE, low: float = 0.25, high: float = 0.75) -> np.ndarray:

@@ -94,11 +94,12 @@ def info(
     cache_dir: CacheDirOpt = None,
 ) -> None:
     """Everything the catalog and the cache know about one model, sha256 values included."""
-    from ilvr_cli.registry import load_catalog, model_status
+    from ilvr_cli.registry import model_status, open_entry
     from ilvr_cli.registry.download import format_bytes
     from ilvr_cli.registry.manage import file_infos
 
-    spec = load_catalog(cache_dir).get(name)
+    spec = open_entry(name, cache_dir=cache_dir).spec
+    assert spec is not None
     status = model_status(spec, cache_dir)
     rows: list[tuple[str, str]] = [
         ("name", spec.name + (" (added by you)" if spec.origin == "user" else "")),
@@ -190,29 +191,25 @@ def download(
     cache_dir: CacheDirOpt = None,
 ) -> None:
     """Download models into the cache (resumable, verified) and convert them to safetensors."""
-    from ilvr_cli.registry import load_catalog, prepare
+    from ilvr_cli.registry import load_catalog, open_entry
 
     catalog = load_catalog(cache_dir)
-    specs = [catalog.get(n) for n in names]  # every name is checked before anything is downloaded
+    # every name is checked before anything is downloaded
+    handles = [open_entry(n, cache_dir=cache_dir, catalog=catalog) for n in names]
     with RichDownloadProgress() as progress:
-        for spec in specs:
-            resolved = prepare(
-                spec,
-                cache_dir=cache_dir,
-                progress=progress,
-                convert=not no_convert,
-                keep_original=keep_original,
-            )
-            progress.note(f"{spec.name}: ready at {resolved.path}")
+        for handle in handles:
+            path = handle.fetch(progress=progress, convert=not no_convert, keep_original=keep_original)
+            progress.note(f"{handle.name}: ready at {path}")
 
 
 @app.command("path")
 @handle_errors
 def path(name: Annotated[str, typer.Argument(help="A catalog name.")], cache_dir: CacheDirOpt = None) -> None:
     """Print where a cached model is (the file that is loaded); fails if it is not in the cache."""
-    from ilvr_cli.registry import load_catalog, model_status
+    from ilvr_cli.registry import model_status, open_entry
 
-    spec = load_catalog(cache_dir).get(name)
+    spec = open_entry(name, cache_dir=cache_dir).spec
+    assert spec is not None
     status = model_status(spec, cache_dir)
     if status.path is None:
         raise UsageError(

@@ -47,6 +47,8 @@ __all__ = [
     "Converted",
     "LoadedModel",
     "load_checkpoint",
+    "read_configs",
+    "read_native_configs",
     "read_native_metadata",
     "read_state_dict",
     "save_native",
@@ -94,6 +96,9 @@ class Adapter(Protocol):
     def matches(self, path: Path) -> bool:
         """Cheap test (path kind, file header) that ``path`` is in this format."""
 
+    def read_configs(self, path: Path) -> tuple[UNetConfig | None, DiffusionConfig | None]:
+        """The configs ``path`` records, read without its tensors (None where it records none)."""
+
     def convert(self, path: Path, map_location: MapLocation, image_size: int | None) -> Converted:
         """Read ``path`` into guided-diffusion names (``image_size``: caller default for inference)."""
 
@@ -109,6 +114,9 @@ class NativeAdapter:
             and path.suffix == ".safetensors"
             and META_UNET_CONFIG in _safetensors_metadata(path)
         )
+
+    def read_configs(self, path: Path) -> tuple[UNetConfig | None, DiffusionConfig | None]:
+        return read_native_configs(path)
 
     def convert(self, path: Path, map_location: MapLocation, image_size: int | None) -> Converted:
         meta = read_native_metadata(path)
@@ -158,6 +166,9 @@ class GuidedDiffusionAdapter:
                 return False
         return False
 
+    def read_configs(self, path: Path) -> tuple[UNetConfig | None, DiffusionConfig | None]:
+        return None, None  # only the tensor shapes tell the architecture; nothing tells the schedule
+
     def convert(self, path: Path, map_location: MapLocation, image_size: int | None) -> Converted:
         if path.suffix == ".safetensors":
             state_dict = _load_safetensors(path, map_location)
@@ -181,10 +192,10 @@ class DiffusersAdapter:
         folder = self._folder(path)
         return folder.is_dir() and diffusers_format.find_files(folder) is not None
 
-    def convert(self, path: Path, map_location: MapLocation, image_size: int | None) -> Converted:
+    def read_configs(self, path: Path) -> tuple[UNetConfig, DiffusionConfig | None]:
         found = diffusers_format.find_files(self._folder(path))
         assert found is not None  # matches() said so
-        config_path, weights_path, scheduler_path = found
+        config_path, _, scheduler_path = found
         with _config_errors(config_path):
             unet = diffusers_format.unet_config_from_diffusers(diffusers_format.read_json(config_path))
         diffusion = None
@@ -193,6 +204,13 @@ class DiffusersAdapter:
                 diffusion = diffusers_format.diffusion_config_from_scheduler(
                     diffusers_format.read_json(scheduler_path)
                 )
+        return unet, diffusion
+
+    def convert(self, path: Path, map_location: MapLocation, image_size: int | None) -> Converted:
+        found = diffusers_format.find_files(self._folder(path))
+        assert found is not None  # matches() said so
+        weights_path = found[1]
+        unet, diffusion = self.read_configs(path)
         if weights_path.suffix == ".safetensors":
             raw = _load_safetensors(weights_path, map_location)
         else:
@@ -228,6 +246,16 @@ def _config_errors(path: Path) -> Iterator[None]:
 
 #: Tried in order; the first whose ``matches`` is true reads the file.
 ADAPTERS: tuple[Adapter, ...] = (NativeAdapter(), DiffusersAdapter(), GuidedDiffusionAdapter())
+
+
+def read_configs(path: str | os.PathLike[str]) -> tuple[UNetConfig | None, DiffusionConfig | None]:
+    """What a checkpoint file or folder records about its architecture and schedule, without reading a
+    tensor: an ilvr-cli file's header, a diffusers folder's ``config.json`` and ``scheduler_config.json``;
+    ``(None, None)`` for a bare guided-diffusion state dict or a path no adapter reads (loading it names the
+    problem). A CheckpointError for configs that are there but do not read."""
+    p = Path(path)
+    adapter = next((a for a in ADAPTERS if a.matches(p)), None) if p.exists() else None
+    return (None, None) if adapter is None else adapter.read_configs(p)
 
 
 def load_checkpoint(

@@ -1,9 +1,9 @@
 """The model registry: catalog names -> verified files in the user cache -> a loaded model.
 
-``resolve_model("ffhq", convert=True)`` gives the verified, converted file (the task commands then load it
-with ``models.checkpoints.load_checkpoint``, see ``tasks/model.py``); ``load_model("ffhq")`` resolves and
-loads in one call (``ilvr train --init-from``); ``fetch("fid-inception")`` gives the local path of any
-entry's files. Importing this package does not import torch (conversion and loading import it lazily).
+``open_model("ffhq")`` is the one way every command opens a model: a :class:`ModelHandle` with the cheap
+facts (image size, T, configs, suggested defaults) and the network loaded once, on demand
+(``handle.load()``). ``load_model("ffhq")`` is ``open_model(...).load()`` returning the loaded checkpoint;
+``fetch("fid-inception")`` gives the local path of any entry's files. Importing this package does not import torch (conversion and loading import it lazily).
 See docs/registry.md for the catalog format, the cache layout and the download guarantees.
 """
 
@@ -18,8 +18,9 @@ from ilvr_cli.registry.catalog import (
     validate_name,
 )
 from ilvr_cli.registry.download import DownloadOptions, DownloadProgress, NullProgress
+from ilvr_cli.registry.handle import ModelHandle, fetch, load_model, open_entry, open_model, resolve_model
 from ilvr_cli.registry.manage import ModelStatus, add_model, model_status, remove_model
-from ilvr_cli.registry.resolve import ResolvedModel, fetch, load_model, prepare, resolve_model
+from ilvr_cli.registry.resolve import ResolvedModel, prepare
 
 __all__ = [
     "Catalog",
@@ -27,6 +28,7 @@ __all__ = [
     "DownloadOptions",
     "DownloadProgress",
     "FileSpec",
+    "ModelHandle",
     "ModelSpec",
     "ModelStatus",
     "NullProgress",
@@ -39,6 +41,8 @@ __all__ = [
     "load_catalog",
     "load_model",
     "model_status",
+    "open_entry",
+    "open_model",
     "prepare",
     "remove_model",
     "resolve_model",

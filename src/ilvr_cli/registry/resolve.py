@@ -1,11 +1,6 @@
-"""``--model`` to something loadable: a catalog name (downloaded and converted on first use), a checkpoint
-file, or a diffusers folder.
-
-Who uses what: the task commands call :func:`resolve_model` (``convert=True``) and load the file with
-``models.checkpoints.load_checkpoint`` themselves (``tasks/model.py``, which also hashes what it loaded);
-:func:`load_model` does resolve, download, convert once and load in one call (``ilvr train --init-from``,
-and Python users); :func:`fetch` gives the local path of any entry's files (the FID Inception weights).
-Under all three, :func:`prepare` downloads and converts one catalog entry (``ilvr models download``).
+"""A catalog entry to files on disk: :func:`prepare` downloads what is missing and converts a diffusion model
+once to safetensors, under the entry's lock (``ilvr models download``, and under
+:class:`~ilvr_cli.registry.handle.ModelHandle`, which every command opens models with).
 """
 
 from __future__ import annotations
@@ -16,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ilvr_cli.config import DiffusionConfig, UNetConfig
-from ilvr_cli.errors import CheckpointError, DownloadError, InputError, UsageError
+from ilvr_cli.errors import CheckpointError, DownloadError, InputError
 from ilvr_cli.registry.cache import (
     CONVERTED_NAME,
     FileRecord,
@@ -25,7 +20,7 @@ from ilvr_cli.registry.cache import (
     model_dir,
     sha256_file,
 )
-from ilvr_cli.registry.catalog import Catalog, ModelSpec, load_catalog
+from ilvr_cli.registry.catalog import ModelSpec
 from ilvr_cli.registry.checks import checkpoint_check
 from ilvr_cli.registry.download import (
     DownloadOptions,
@@ -39,7 +34,7 @@ from ilvr_cli.registry.lock import FileLock
 if TYPE_CHECKING:
     from ilvr_cli.models.checkpoints import LoadedModel
 
-__all__ = ["ResolvedModel", "fetch", "load_model", "looks_like_path", "prepare", "resolve_model"]
+__all__ = ["ResolvedModel", "looks_like_path", "path_format", "prepare", "prepare_and_load"]
 
 _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
 
@@ -81,17 +76,11 @@ def looks_like_path(text: str) -> bool:
     )
 
 
-def _path_format(path: Path) -> str:
+def path_format(path: Path) -> str:
+    """What a checkpoint path's kind and suffix suggest its format is."""
     if path.is_dir():
         return "diffusers"
     return "safetensors" if path.suffix == ".safetensors" else "guided-diffusion"
-
-
-def _resolve_path(text: str) -> ResolvedModel:
-    path = Path(text).expanduser()
-    if not path.exists():
-        raise InputError(f"no such checkpoint file or folder: {path}")
-    return ResolvedModel(name=text, path=path.absolute(), format=_path_format(path))
 
 
 def _converted_record(directory: Path, progress: DownloadProgress, *, locked: bool) -> Path | None:
@@ -245,86 +234,14 @@ def _builtin(spec: ModelSpec) -> ResolvedModel:
     return ResolvedModel(spec.name, path, spec.format or "ilvr-cli", spec)
 
 
-def _lookup(text: str, cache_dir: str | Path | None, catalog: Catalog | None) -> ModelSpec | ResolvedModel:
-    """A catalog entry for a known name, else a path that exists; else the catalog's not-found error."""
-    catalog = catalog or load_catalog(cache_dir)
-    if text in catalog:
-        return catalog.models[text]
-    if looks_like_path(text) or Path(text).expanduser().exists():
-        return _resolve_path(text)
-    return catalog.get(text)  # raises ModelNotFoundError with the closest names
-
-
-def resolve_model(
-    name_or_path: str | os.PathLike[str],
+def prepare_and_load(
+    spec: ModelSpec,
     *,
     cache_dir: str | Path | None = None,
     offline: bool | None = None,
     progress: DownloadProgress | None = None,
     options: DownloadOptions | None = None,
-    convert: bool = False,
-    catalog: Catalog | None = None,
-) -> ResolvedModel:
-    """A catalog name (downloaded if needed), a checkpoint file, or a diffusers folder -> where it is.
-
-    A catalog name wins over a file of the same name in the working directory (write ``./ffhq`` for the
-    file). Unknown names raise ModelNotFoundError suggesting the closest catalog names.
-    """
-    found = _lookup(os.fspath(name_or_path), cache_dir, catalog)
-    if isinstance(found, ResolvedModel):
-        return found
-    if found.kind != "diffusion":
-        raise UsageError(f"{found.name} is {found.title or 'not a diffusion model'}, not a diffusion model")
-    return prepare(
-        found, cache_dir=cache_dir, offline=offline, progress=progress, options=options, convert=convert
-    )
-
-
-def load_model(
-    name_or_path: str | os.PathLike[str],
-    *,
-    cache_dir: str | Path | None = None,
-    offline: bool | None = None,
-    progress: DownloadProgress | None = None,
-    options: DownloadOptions | None = None,
-    map_location: str = "cpu",
-    catalog: Catalog | None = None,
-) -> LoadedModel:
-    """Resolve, download if needed, convert once, load: a catalog name or a path to a LoadedModel in one call
-    (``ilvr train --init-from`` uses it; the task commands resolve and load in two steps, see the module).
-
-    Catalog models load from the converted safetensors (memory-mapped, no unpickling) and are checked
-    against the catalog's architecture; a path loads with the configs it carries or implies.
-    """
-    from ilvr_cli.models.checkpoints import load_checkpoint
-
-    found = _lookup(os.fspath(name_or_path), cache_dir, catalog)
-    if isinstance(found, ResolvedModel):
-        return load_checkpoint(found.path, map_location=map_location)
-    if found.kind != "diffusion":
-        raise UsageError(f"{found.name} is {found.title or 'not a diffusion model'}, not a diffusion model")
-    resolved, loaded = _prepare(found, cache_dir, offline, progress, options, True, False)
-    if loaded is not None:
-        return loaded  # converted just now: the network is already in memory
-    return load_checkpoint(
-        resolved.path, unet_config=found.unet, diffusion_config=found.diffusion, map_location=map_location
-    )
-
-
-def fetch(
-    name: str,
-    cache_dir: str | Path | None = None,
-    progress: DownloadProgress | None = None,
-    *,
-    offline: bool | None = None,
-    options: DownloadOptions | None = None,
-) -> Path:
-    """Download any catalog entry's file(s) without converting; the file's path (the folder if several).
-
-    For a diffusion model that was already converted (and its download removed), the converted file.
-    """
-    spec = load_catalog(cache_dir).get(name)
-    resolved = prepare(
-        spec, cache_dir=cache_dir, offline=offline, progress=progress, options=options, convert=False
-    )
-    return resolved.path
+) -> tuple[ResolvedModel, LoadedModel | None]:
+    """:func:`prepare` (converting), plus the network when it was converted just now (already in memory, so
+    :class:`~ilvr_cli.registry.handle.ModelHandle` need not read the file it just wrote)."""
+    return _prepare(spec, cache_dir, offline, progress, options, True, False)

@@ -23,16 +23,13 @@ _EXPORTS = {
     "DistInfo": "distributed",
     "dist_info": "distributed",
     "shard": "distributed",
-    "ModelProbe": "model",
-    "PreparedModel": "model",
-    "load_task_model": "model",
-    "probe_model": "model",
     "Settings": "plan",
     "TaskPlan": "plan",
     "WorkUnit": "plan",
     "build_units": "plan",
     "default_output": "plan",
     "plan_task": "plan",
+    "open_task_model": "plan",
     "DEFAULT_STEPS": "presets",
     "PRESETS": "presets",
     "TaskPreset": "presets",
@@ -48,9 +45,7 @@ __all__ = [
     "DEFAULT_STEPS",
     "DistInfo",
     "Failure",
-    "ModelProbe",
     "PRESETS",
-    "PreparedModel",
     "RunStart",
     "Settings",
     "TaskConfig",
@@ -63,10 +58,9 @@ __all__ = [
     "build_units",
     "default_output",
     "dist_info",
-    "load_task_model",
+    "open_task_model",
     "parse_range",
     "plan_task",
-    "probe_model",
     "run_task",
     "shard",
 ]
@@ -74,12 +68,37 @@ __all__ = [
 if TYPE_CHECKING:
     from ilvr_cli.tasks.config import TaskConfig, parse_range
     from ilvr_cli.tasks.distributed import DistInfo, dist_info, shard
-    from ilvr_cli.tasks.model import ModelProbe, PreparedModel, load_task_model, probe_model
-    from ilvr_cli.tasks.plan import Settings, TaskPlan, WorkUnit, build_units, default_output, plan_task
+    from ilvr_cli.tasks.plan import (
+        Settings,
+        TaskPlan,
+        WorkUnit,
+        build_units,
+        default_output,
+        open_task_model,
+        plan_task,
+    )
     from ilvr_cli.tasks.presets import DEFAULT_STEPS, PRESETS, TaskPreset
     from ilvr_cli.tasks.progress import RunStart, TaskProgress
     from ilvr_cli.tasks.result import Failure, TaskResult, Timings
     from ilvr_cli.tasks.runner import run_task
+
+
+def PreparedModel(  # noqa: N802 - the name of the class it replaces
+    network: Any, diffusion_config: Any, image_size: int, name: str, sha256: str, in_channels: int = 3
+) -> Any:
+    """Deprecated (0.x): use ``ModelHandle.from_network(network, diffusion_config, image_size, ...)``."""
+    import warnings
+
+    from ilvr_cli.registry.handle import ModelHandle
+
+    warnings.warn(
+        "PreparedModel is deprecated; pass ilvr_cli.registry.ModelHandle.from_network(...) to run_task",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return ModelHandle.from_network(
+        network, diffusion_config, image_size, name=name, sha256=sha256, in_channels=in_channels
+    )
 
 
 def __getattr__(name: str) -> Any:

@@ -19,13 +19,13 @@ from typing import Any
 
 import torch
 
-from ilvr_cli.errors import UsageError
+from ilvr_cli.errors import InputError, UsageError
 from ilvr_cli.io.manifest import MANIFEST_NAME
 from ilvr_cli.io.scan import InputItem, InputSet, glob_root, is_glob, scan_inputs
+from ilvr_cli.registry.handle import ModelHandle, open_model
 from ilvr_cli.runtime import autocast_dtype, resolve_device
 from ilvr_cli.tasks.config import TaskConfig
 from ilvr_cli.tasks.distributed import dist_info
-from ilvr_cli.tasks.model import ModelProbe, probe_model
 from ilvr_cli.tasks.settings import (
     UPSCALE_DEFAULT_NOTE,
     Origin,
@@ -60,7 +60,7 @@ class TaskPlan:
     config: TaskConfig
     inputs: InputSet | None
     output_dir: Path
-    model: ModelProbe
+    model: ModelHandle
     settings: Settings
     units: tuple[WorkUnit, ...]
     device: torch.device
@@ -167,10 +167,29 @@ def build_units(config: TaskConfig, inputs: InputSet | None) -> tuple[WorkUnit, 
     return tuple(units)
 
 
-def plan_task(config: TaskConfig, model: ModelProbe | None = None) -> TaskPlan:
+def open_task_model(config: TaskConfig) -> ModelHandle:
+    """``--model`` opened (no download, no load): an unknown name, a missing path, a catalog entry that is not
+    a diffusion model or a model that is not RGB is a UsageError here."""
+    try:
+        model = open_model(config.model, cache_dir=config.cache_dir).require_diffusion()
+    except InputError:
+        raise UsageError(f"--model {config.model}: no such checkpoint file or folder") from None
+    check_rgb(model)
+    return model
+
+
+def check_rgb(model: ModelHandle) -> None:
+    """The tasks read and write RGB images: a model with another channel count is a UsageError."""
+    if model.in_channels not in (None, 3):
+        raise UsageError(
+            f"--model {model.name}: {model.in_channels}-channel models are not supported (RGB only)"
+        )
+
+
+def plan_task(config: TaskConfig, model: ModelHandle | None = None) -> TaskPlan:
     """Check everything that needs no model (module docstring) and list the samples to make.
 
-    ``model``: what is known of a model the caller supplies itself (then ``config.model`` is only its name).
+    ``model``: a model the caller opened (or built in memory) itself; else ``config.model`` is opened.
     """
     inputs: InputSet | None = None
     if config.input is not None:
@@ -184,7 +203,7 @@ def plan_task(config: TaskConfig, model: ModelProbe | None = None) -> TaskPlan:
             raise UsageError(f"OUTPUT {output} is a file; give a folder (it is created if missing)")
     if config.mask is not None and not Path(config.mask).exists():
         raise UsageError(f"--mask {config.mask} does not exist")
-    model = model or probe_model(config.model, config.cache_dir)
+    model = model or open_task_model(config)
     settings = resolve_settings(config, model)
     device = resolve_device(config.device, dist_info().local_rank)
     autocast = autocast_dtype(config.precision, device)
@@ -200,8 +219,10 @@ __all__ = [
     "TaskPlan",
     "WorkUnit",
     "build_units",
+    "check_rgb",
     "default_output",
     "input_factors",
+    "open_task_model",
     "plan_task",
     "recipe",
     "resolve_settings",

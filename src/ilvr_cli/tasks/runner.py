@@ -10,8 +10,6 @@ references and ILVR hooks (:mod:`~ilvr_cli.tasks.conditioning`; a bad file fails
 
 from __future__ import annotations
 
-import dataclasses
-import math
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -20,10 +18,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from ilvr_cli.diffusion import Denoiser, NoiseSource, sample_steps
+from ilvr_cli.diffusion import Denoiser, NoiseSource
 from ilvr_cli.errors import IlvrError, UsageError
 from ilvr_cli.io.scan import GRID_DIR
 from ilvr_cli.io.write import to_uint8
+from ilvr_cli.registry.handle import ModelHandle
 from ilvr_cli.tasks.conditioning import Batch, Conditioning
 from ilvr_cli.tasks.config import TaskConfig
 from ilvr_cli.tasks.distributed import (
@@ -33,22 +32,20 @@ from ilvr_cli.tasks.distributed import (
     shard,
     teardown_distributed,
 )
-from ilvr_cli.tasks.model import ModelProbe, PreparedModel, load_task_model
 from ilvr_cli.tasks.outputs import OutputLock, check_plan_outputs, prepare_output_dir
-from ilvr_cli.tasks.plan import Settings, TaskPlan, WorkUnit, plan_task, recipe, resolve_settings
+from ilvr_cli.tasks.plan import Settings, TaskPlan, WorkUnit, check_rgb, plan_task, recipe
 from ilvr_cli.tasks.progress import RunStart, TaskProgress
 from ilvr_cli.tasks.reference import Reference
 from ilvr_cli.tasks.result import Failure, TaskResult
+from ilvr_cli.tasks.sampling import ANIMATION_FRAMES, sample_batch
 from ilvr_cli.tasks.writer import OutputWriter, output_params, to_pixels
-
-#: ``--animate`` keeps at most this many frames of the predicted x_0 (evenly spaced, the last included).
-ANIMATION_FRAMES = 40
 
 
 def run_task(
-    config: TaskConfig, progress: TaskProgress | None = None, *, model: PreparedModel | None = None
+    config: TaskConfig, progress: TaskProgress | None = None, *, model: ModelHandle | None = None
 ) -> TaskResult:
-    """Run one task over its inputs (see the module docstring); ``model`` skips loading (tests, notebooks).
+    """Run one task over its inputs (see the module docstring); ``model``: a model opened by the caller
+    (e.g. ``ModelHandle.from_network`` for a network in memory), else ``config.model`` is opened.
 
     Raises :class:`~ilvr_cli.errors.UsageError` for bad usage (before any model is loaded); inputs that
     fail are listed in the result's ``failed`` and the run goes on. Under torchrun the returned result
@@ -56,15 +53,10 @@ def run_task(
     """
     started = time.perf_counter()
     progress = progress or TaskProgress()
-    given = (
-        None
-        if model is None
-        else ModelProbe(config.model, None, None, model.image_size, model.diffusion_config)
-    )
-    plan = plan_task(config, given)
+    plan = plan_task(config, model)
     info = setup_distributed(plan.device)
     try:
-        result = _Run(plan, info, progress, model).execute()
+        result = _Run(plan, info, progress).execute()
         result.timings.total = time.perf_counter() - started
         merged = TaskResult.merge(gather_objects(result, info))
     finally:
@@ -86,8 +78,8 @@ def group_by_input(units: Sequence[WorkUnit]) -> list[list[WorkUnit]]:
 class _Run:
     """One rank's share of a planned run."""
 
-    def __init__(self, plan: TaskPlan, info: DistInfo, progress: TaskProgress, model: PreparedModel | None):
-        self.plan, self.info, self.progress, self.model = plan, info, progress, model
+    def __init__(self, plan: TaskPlan, info: DistInfo, progress: TaskProgress):
+        self.plan, self.info, self.progress, self.model = plan, info, progress, plan.model
         self.config = plan.config
         self.out = plan.output_dir
         self.settings: Settings = plan.settings
@@ -174,33 +166,25 @@ class _Run:
 
     # ------------------------------------------------------------------ model
     def _load_model(self) -> None:
+        """Load the network once (downloading it first if needed); the settings stay the plan's."""
         started = time.perf_counter()
-        self.progress.model_loading(self.plan.model.name)
-        if self.model is None:
-            self.model = load_task_model(
-                self.plan.model,
-                cache_dir=self.config.cache_dir,
-                offline=self.config.offline,
-                download_progress=self.progress.downloads(),
-            )
         model = self.model
-        if model.in_channels != 3:
+        self.progress.model_loading(model.name)
+        network: Any = model.load(offline=self.config.offline, progress=self.progress.downloads())
+        if model.diffusion_config is None:
             raise UsageError(
-                f"--model {model.name}: {model.in_channels}-channel models are not supported (RGB only)"
+                f"--model {model.name}: the checkpoint does not say how it was trained (schedule, variance); "
+                f"register it with `ilvr models add NAME {model.name} --like ffhq` (or --config FLAGS.json)"
             )
-        if self.plan.model.image_size is None or self.plan.model.diffusion is None:
-            probe = dataclasses.replace(
-                self.plan.model, image_size=model.image_size, diffusion=model.diffusion_config
-            )
-            self.settings = resolve_settings(self.config, probe, model.diffusion_config.num_timesteps)
-            self.result.settings = self.settings.to_dict()
-        if hasattr(model.network, "to"):
+        check_rgb(model)
+        assert model.image_size is not None
+        if hasattr(network, "to"):
             # channels_last: oneDNN / cuDNN convolutions run faster in NHWC (docs/benchmarks.md); same math.
-            model.network = model.network.to(self.plan.device, memory_format=torch.channels_last)
+            network = network.to(self.plan.device, memory_format=torch.channels_last)
         self.size = model.image_size
         self.conditioning = Conditioning(self.config, self.settings, self.size)
         self.denoiser = Denoiser.from_loaded(
-            model.network, model.diffusion_config, self.settings.steps, autocast_dtype=self.plan.autocast
+            network, model.diffusion_config, self.settings.steps, autocast_dtype=self.plan.autocast
         )
         self.result.timings.model_load = time.perf_counter() - started
 
@@ -239,36 +223,20 @@ class _Run:
 
     # ------------------------------------------------------------------ sampling
     def _sample(self, batch: Batch) -> tuple[torch.Tensor, list[list[np.ndarray]]]:
-        """x_0 of the batch and, with ``--animate``, per sample the frames of the predicted x_0."""
         assert self.denoiser is not None
-        noise = NoiseSource(self.config.seed, [u.key for u in batch.units], self.plan.device)
-        steps = len(self.denoiser.schedule)
-        every = max(1, math.ceil(steps / ANIMATION_FRAMES))
-        frames: list[list[np.ndarray]] = [[] for _ in batch.units]
-        self.progress.batch_start([u.output.as_posix() for u in batch.units], steps)
-        state = None
-        for done, state in enumerate(
-            sample_steps(
-                self.denoiser,
-                noise,
-                shape=(3, self.size, self.size),
-                method=self.config.method,
-                eta=self.config.eta,
-                hooks=self._conditioning().hooks(batch, self.denoiser.schedule),
-            ),
-            start=1,
-        ):
-            self.progress.step(done, steps)
-            if self.config.animate and (done % every == 0 or done == steps):
-                shown = state.x if done == steps else state.pred_xstart
-                for j in range(len(batch)):
-                    frames[j].append(to_uint8(to_pixels(shown[j])))
-        assert state is not None
-        return state.x, frames
+        self.progress.batch_start([u.output.as_posix() for u in batch.units], len(self.denoiser.schedule))
+        return sample_batch(
+            self.denoiser,
+            NoiseSource(self.config.seed, [u.key for u in batch.units], self.plan.device),
+            self.size,
+            self.config,
+            self._conditioning().hooks(batch, self.denoiser.schedule),
+            self.progress.step,
+        )
 
     def _params(self, unit: WorkUnit, ref: Reference | None) -> dict[str, Any]:
         """What an output PNG records about how it was made (its ``ilvr-cli`` text chunk)."""
-        assert self.model is not None and self.denoiser is not None
+        assert self.denoiser is not None
         made = recipe(
             self.config, self.model.name, self.settings, self.plan.device, None if ref is None else ref.factor
         )

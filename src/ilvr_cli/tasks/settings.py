@@ -2,7 +2,7 @@
 where each value came from (:class:`Origin`); plus the values that decide an output's pixels (:func:`recipe`).
 
 Nothing here loads a model: the checks run on the catalog entry or the checkpoint's header
-(:class:`~ilvr_cli.tasks.model.ModelProbe`) and, for N per input, on the images' headers.
+(:class:`~ilvr_cli.registry.handle.ModelHandle`'s facts) and, for N per input, on the images' headers.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from ilvr_cli.diffusion.schedule import space_timesteps
 from ilvr_cli.errors import InputError, UsageError
 from ilvr_cli.io.load import read_image_size
 from ilvr_cli.io.scan import InputSet
+from ilvr_cli.registry.handle import ModelHandle
 from ilvr_cli.tasks.config import TaskConfig
-from ilvr_cli.tasks.model import ModelProbe
 from ilvr_cli.tasks.presets import DEFAULT_STEPS, preset
 from ilvr_cli.tasks.reference import full_size_check, is_thumbnail, upscale_factor
 
@@ -88,11 +88,11 @@ def _check_factor(factor: int, size: int | None, source: Origin) -> None:
         raise UsageError(f"{what} does not divide the model size {size}; choose one of {divisors}")
 
 
-def resolve_settings(config: TaskConfig, model: ModelProbe, num_timesteps: int | None = None) -> Settings:
+def resolve_settings(config: TaskConfig, model: ModelHandle) -> Settings:
     """Option, else the model's catalog suggestion, else the task preset; checked against the model."""
     task_preset = preset(config.task)
-    suggested = model.spec.task_defaults(config.task) if model.spec is not None else {}
-    t_count = num_timesteps or (model.diffusion.num_timesteps if model.diffusion else DEFAULT_NUM_TIMESTEPS)
+    suggested = model.task_defaults(config.task)
+    t_count = model.num_timesteps or DEFAULT_NUM_TIMESTEPS
     sources: dict[str, Origin] = {}
     notes: dict[str, str] = {}
 
@@ -135,7 +135,7 @@ def resolve_settings(config: TaskConfig, model: ModelProbe, num_timesteps: int |
 
 
 def input_factors(
-    config: TaskConfig, inputs: InputSet | None, model: ModelProbe, settings: Settings
+    config: TaskConfig, inputs: InputSet | None, model: ModelHandle, settings: Settings
 ) -> tuple[dict[str, int], frozenset[str]]:
     """N for each input, from its header (size and format only), and the inputs whose N their own size
     decides (``upscale`` thumbnails: model size / input size): the checks of
