@@ -38,7 +38,8 @@ SAMPLE = [
 def _options(name: str) -> list[str]:
     group = get_command(app)
     assert isinstance(group, typer.core.TyperGroup)
-    command = group.commands[name]
+    command = group.get_command(typer.Context(group), name)
+    assert command is not None
     return [p.opts[0] for p in command.params if p.param_type_name == "option"]
 
 
@@ -61,6 +62,8 @@ def test_one_cache_dir_option_everywhere() -> None:
     assert isinstance(group, typer.core.TyperGroup)
     helps = set()
     for name in ("upscale", "sample", "train"):
-        (param,) = [p for p in group.commands[name].params if p.name == "cache_dir"]
+        command = group.get_command(typer.Context(group), name)
+        assert command is not None
+        (param,) = [p for p in command.params if p.name == "cache_dir"]
         helps.add(param.help)  # type: ignore[attr-defined]
     assert len(helps) == 1

@@ -10,7 +10,7 @@ import typer
 from typer.testing import CliRunner
 
 from ilvr_cli import __version__
-from ilvr_cli.cli.app import app
+from ilvr_cli.cli.app import COMMANDS, app
 from ilvr_cli.cli.common import exit_code_for, handle_errors
 from ilvr_cli.cli.exit_codes import ExitCode
 from ilvr_cli.errors import CheckpointError, DownloadError, InputError, ModelNotFoundError, UsageError
@@ -36,6 +36,38 @@ def test_help_and_version_do_not_import_torch(argv: list[str]) -> None:
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "HEAVY=\n" in proc.stdout, proc.stdout
+
+
+def test_root_help_imports_no_command_module() -> None:
+    """``ilvr --help`` lists the commands from cli/app.py's table: no command module is imported."""
+    code = (
+        "import sys\nsys.argv = ['ilvr', '--help']\nfrom ilvr_cli.cli.app import main, COMMANDS\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "print('LOADED=' + ','.join(sorted({c.module for c in COMMANDS.values()} & set(sys.modules))))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "LOADED=\n" in proc.stdout, proc.stdout
+    assert all(name in proc.stdout for name in COMMANDS)
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_root_list_shows_each_command_s_own_first_paragraph(name: str) -> None:
+    """The one-line help in cli/app.py's table is the command's own (they cannot drift apart)."""
+    group = typer.main.get_group(app)
+    command = group.get_command(typer.Context(group), name)
+    assert command is not None
+    assert (command.help or "").split("\n\n")[0].strip() == COMMANDS[name].help
+
+
+@pytest.mark.parametrize("argv", [["-h"], ["upscale", "-h"], ["models", "list", "-h"]])
+def test_dash_h_is_help(argv: list[str]) -> None:
+    result = runner.invoke(app, argv)
+    assert result.exit_code == 0 and "Usage:" in result.output
+
+
+def test_a_mistyped_command_suggests_the_closest() -> None:
+    result = runner.invoke(app, ["upscal"])
+    assert result.exit_code == 2 and "Did you mean 'upscale'" in result.output
 
 
 def test_python_dash_m_runs_the_same_app() -> None:

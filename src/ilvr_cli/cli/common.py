@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import ParamSpec, TypeVar
 
 import typer
-from rich.console import Console
+from rich.console import Console, ConsoleDimensions
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -21,9 +21,36 @@ from rich.progress import (
 from ilvr_cli.cli.exit_codes import ExitCode
 from ilvr_cli.errors import CheckpointError, DownloadError, IlvrError, InputError, OutputError, UsageError
 
+#: Line width when the output is not a terminal (a file, a pipe, a CI log): wide enough that no path or
+#: message is ever wrapped across lines.
+LOG_WIDTH = 10_000
+
+
+class LogFriendlyConsole(Console):
+    """A rich console that, writing to a file or a pipe rather than a terminal, never wraps lines (rich
+    would wrap at 80 columns and split long paths)."""
+
+    @property
+    def size(self) -> ConsoleDimensions:
+        size = super().size
+        if self._width is None and not self.is_terminal:
+            return ConsoleDimensions(LOG_WIDTH, size.height)
+        return size
+
+    @size.setter
+    def size(self, new_size: tuple[int, int]) -> None:
+        Console.size.fset(self, new_size)  # type: ignore[attr-defined]
+
+
 #: Results go to stdout (so ``--json`` output can be piped); progress, warnings and errors to stderr.
-out = Console()
-err = Console(stderr=True)
+out = LogFriendlyConsole()
+err = LogFriendlyConsole(stderr=True)
+
+
+def interactive() -> bool:
+    """Whether progress can be drawn as live bars (stderr is a terminal); otherwise plain lines."""
+    return err.is_terminal
+
 
 P = ParamSpec("P")
 

@@ -25,7 +25,7 @@ from ilvr_cli.cli.options import (
     json_flag,
     max_megapixels_option,
 )
-from ilvr_cli.cli.render import RichMetricProgress, warn
+from ilvr_cli.cli.progress import RichMetricProgress, warn
 from ilvr_cli.errors import InputError, UsageError
 
 if TYPE_CHECKING:
@@ -242,3 +242,9 @@ def niqe_command(
     if run.failed:
         err.print(f"[yellow]{len(run.failed)} of {run.total} images failed[/]", highlight=False)
         raise typer.Exit(ExitCode.PARTIAL_FAILURE)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``fid`` and ``niqe`` to the root app (``cli/app.py``)."""
+    app.command("fid")(fid_command)
+    app.command("niqe")(niqe_command)

@@ -16,8 +16,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from ilvr_cli.cli.common import handle_errors, out
-from ilvr_cli.cli.options import CacheDirOpt
-from ilvr_cli.cli.render import RichDownloadProgress
+from ilvr_cli.cli.options import CacheDirOpt, CatalogNameArg, CatalogNamesArg
+from ilvr_cli.cli.progress import RichDownloadProgress
 from ilvr_cli.errors import CheckpointError, UsageError
 
 if TYPE_CHECKING:
@@ -82,7 +82,7 @@ def list_models(cache_dir: CacheDirOpt = None) -> None:
 @app.command("info")
 @handle_errors
 def info(
-    name: Annotated[str, typer.Argument(help="A catalog name.")],
+    name: CatalogNameArg,
     verify: Annotated[
         bool,
         typer.Option(
@@ -181,7 +181,7 @@ def _verify(spec: ModelSpec, cache_dir: Path | None) -> None:
 @app.command("download")
 @handle_errors
 def download(
-    names: Annotated[list[str], typer.Argument(help="Catalog names.", show_default=False)],
+    names: CatalogNamesArg,
     no_convert: Annotated[
         bool, typer.Option("--no-convert", help="Only download; convert to safetensors on first use.")
     ] = False,
@@ -204,7 +204,7 @@ def download(
 
 @app.command("path")
 @handle_errors
-def path(name: Annotated[str, typer.Argument(help="A catalog name.")], cache_dir: CacheDirOpt = None) -> None:
+def path(name: CatalogNameArg, cache_dir: CacheDirOpt = None) -> None:
     """Print where a cached model is (the file that is loaded); fails if it is not in the cache."""
     from ilvr_cli.registry import model_status, open_entry
 
@@ -221,7 +221,7 @@ def path(name: Annotated[str, typer.Argument(help="A catalog name.")], cache_dir
 @app.command("rm")
 @handle_errors
 def rm(
-    names: Annotated[list[str], typer.Argument(help="Catalog names.", show_default=False)],
+    names: CatalogNamesArg,
     forget: Annotated[
         bool,
         typer.Option(
@@ -275,3 +275,8 @@ def add(
     with RichDownloadProgress() as progress:
         resolved = add_model(name, source, like=like, config=config, cache_dir=cache_dir, progress=progress)
     out.print(f"{escape(name)}: ready at {escape(str(resolved.path))}; use it with --model {escape(name)}")
+
+
+def register(root: typer.Typer) -> None:
+    """Add the ``models`` group to the root app (``cli/app.py``)."""
+    root.add_typer(app, name="models")

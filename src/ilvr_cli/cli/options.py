@@ -90,12 +90,57 @@ OutputArg = Annotated[
     ),
 ]
 SampleOutputArg = Annotated[Path, typer.Argument(help="Output folder: 000000.png, 000001.png, ...")]
+MODEL_HELP = "Catalog name (ilvr models list), checkpoint file or diffusers folder."
+
+
+def complete_model_names(incomplete: str) -> list[str]:
+    """Shell completion of a model: the catalog's names (built-in and added with ``ilvr models add``,
+    from ``$ILVR_CACHE_DIR``), and for a path-like word the files and folders it starts."""
+    import glob
+    import os
+
+    from ilvr_cli.registry.catalog import load_catalog
+    from ilvr_cli.registry.resolve import looks_like_path
+
+    if looks_like_path(incomplete):
+        found = glob.glob(os.path.expanduser(incomplete) + "*")
+        return sorted(p + os.sep if os.path.isdir(p) else p for p in found)
+    try:
+        names = [spec.name for spec in load_catalog()]
+    except Exception:  # noqa: BLE001 - a broken user catalog must not break the shell
+        return []
+    return [name for name in names if name.startswith(incomplete)]
+
+
 ModelOpt = Annotated[
-    str,
-    typer.Option(
-        "--model", "-m", help="Catalog name (ilvr models list), checkpoint file or diffusers folder."
-    ),
+    str | None,
+    typer.Option("--model", "-m", help=MODEL_HELP, show_default=False, autocompletion=complete_model_names),
 ]
+#: A catalog name argument (``ilvr models info NAME``), completed from the catalog.
+CatalogNameArg = Annotated[str, typer.Argument(help="A catalog name.", autocompletion=complete_model_names)]
+CatalogNamesArg = Annotated[
+    list[str],
+    typer.Argument(help="Catalog names.", show_default=False, autocompletion=complete_model_names),
+]
+
+
+def task_model_option(task: str) -> Any:
+    """``--model`` with the task's default model named in its help."""
+    from ilvr_cli.tasks.presets import preset
+
+    default = preset(task).default_model
+    return Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            "-m",
+            help=f"{MODEL_HELP} Default: {default}.",
+            show_default=False,
+            autocompletion=complete_model_names,
+        ),
+    ]
+
+
 MaskOpt = Annotated[
     Path | None,
     typer.Option(
@@ -163,7 +208,7 @@ def _parameter(name: str, annotation: Any, default: Any = inspect.Parameter.empt
 TASK_PARAMETERS: tuple[inspect.Parameter, ...] = (
     _parameter("input", InputArg),
     _parameter("output", OutputArg, None),
-    _parameter("model", ModelOpt, ...),
+    _parameter("model", ModelOpt, None),
     _parameter("mask", MaskOpt, None),
     _parameter("count", CountOpt, 8),
     _parameter("factor", FactorOpt, None),
@@ -202,6 +247,8 @@ def task_parameters(task: str) -> list[inspect.Parameter]:
             continue
         if task == "sample" and parameter.name in _NOT_SAMPLE:
             continue
+        if parameter.name == "model":
+            parameter = parameter.replace(annotation=task_model_option(task))
         if task == "sample" and parameter.name == "output":
             parameter = parameter.replace(annotation=SampleOutputArg, default=inspect.Parameter.empty)
         chosen.append(parameter)

@@ -17,7 +17,8 @@ import typer
 from ilvr_cli.cli.common import err, handle_errors, out
 from ilvr_cli.cli.exit_codes import ExitCode
 from ilvr_cli.cli.options import choice_value, task_parameters, with_parameters
-from ilvr_cli.cli.render import RichTaskProgress, task_summary
+from ilvr_cli.cli.render import task_summary
+from ilvr_cli.cli.run_progress import RichTaskProgress
 from ilvr_cli.tasks.config import TaskConfig, TaskName, parse_range
 from ilvr_cli.tasks.presets import PRESETS
 

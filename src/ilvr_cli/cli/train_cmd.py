@@ -20,8 +20,9 @@ from rich.markup import escape
 
 from ilvr_cli.cli.common import err, handle_errors
 from ilvr_cli.cli.exit_codes import ExitCode
-from ilvr_cli.cli.options import CacheDirOpt, Precision, choice_value
-from ilvr_cli.cli.render import RichTrainProgress, train_summary
+from ilvr_cli.cli.options import CacheDirOpt, Precision, choice_value, complete_model_names
+from ilvr_cli.cli.render import train_summary
+from ilvr_cli.cli.run_progress import RichTrainProgress
 from ilvr_cli.errors import UsageError
 
 if TYPE_CHECKING:
@@ -142,7 +143,7 @@ def train(
     data_dir: Annotated[Path, typer.Argument(help="Folder of training images (recursive; resized and centre-cropped).", show_default=False)],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder: weights, training state, loss log, sample grids.", show_default=False)],
     preset: Annotated[str | None, typer.Option("--preset", "-p", help="ddpm (Ho et al.), adm-small (ILVR's light ADM) or a JSON config file. Default: adm-small, or the --init-from model's.", show_default=False)] = None,
-    init_from: Annotated[str | None, typer.Option("--init-from", help="Fine-tune from a catalog model or checkpoint (weights only; fresh optimiser).", show_default=False)] = None,
+    init_from: Annotated[str | None, typer.Option("--init-from", help="Fine-tune from a catalog model or checkpoint (weights only; fresh optimiser).", show_default=False, autocompletion=complete_model_names)] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint (bitwise on CPU).")] = False,
     steps: Annotated[int | None, typer.Option("--steps", help="Train up to this many steps in total. \\[default: 100000]", show_default=False)] = None,
     image_size: Annotated[int | None, typer.Option("--image-size", help="Training resolution. \\[default: the preset's, 256]", show_default=False)] = None,

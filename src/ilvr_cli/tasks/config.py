@@ -58,7 +58,8 @@ class TaskConfig:
     """One run of ``ilvr upscale | translate | edit | paint2img | sample`` (see docs/tasks.md)."""
 
     task: TaskName
-    model: str
+    #: ``--model``; None: the task preset's default model (``TaskPreset.default_model``).
+    model: str | None = None
     #: INPUT: a file, a folder or a glob (None for ``sample``).
     input: str | None = None
     #: OUTPUT folder; None: ``<input>-<task>`` beside the input (:func:`ilvr_cli.tasks.plan.default_output`).

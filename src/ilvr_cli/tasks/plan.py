@@ -26,6 +26,7 @@ from ilvr_cli.registry.handle import ModelHandle, open_model
 from ilvr_cli.runtime import autocast_dtype, resolve_device
 from ilvr_cli.tasks.config import TaskConfig
 from ilvr_cli.tasks.distributed import dist_info
+from ilvr_cli.tasks.presets import preset
 from ilvr_cli.tasks.settings import (
     UPSCALE_DEFAULT_NOTE,
     Origin,
@@ -170,10 +171,11 @@ def build_units(config: TaskConfig, inputs: InputSet | None) -> tuple[WorkUnit, 
 def open_task_model(config: TaskConfig) -> ModelHandle:
     """``--model`` opened (no download, no load): an unknown name, a missing path, a catalog entry that is not
     a diffusion model or a model that is not RGB is a UsageError here."""
+    name = config.model or preset(config.task).default_model
     try:
-        model = open_model(config.model, cache_dir=config.cache_dir).require_diffusion()
+        model = open_model(name, cache_dir=config.cache_dir).require_diffusion()
     except InputError:
-        raise UsageError(f"--model {config.model}: no such checkpoint file or folder") from None
+        raise UsageError(f"--model {name}: no such checkpoint file or folder") from None
     check_rgb(model)
     return model
 

@@ -36,6 +36,8 @@ class TaskPreset:
     #: (start, stop) as fractions of T; None: no ILVR hook.
     range_fraction: tuple[float, float] | None
     reasoning: str
+    #: The catalog model used when ``--model`` is not given (docs/tasks.md, "Default models").
+    default_model: str = "ffhq"
 
     def t_range(self, num_timesteps: int) -> tuple[int, int] | None:
         """The preset range in the paper's time for a model trained with ``num_timesteps`` steps."""
@@ -67,6 +69,7 @@ PRESETS: dict[str, TaskPreset] = {
             "rest, as in the reference code's cat-to-dog example; the last 20% of the trajectory "
             "(its range_t = 20 of 100 steps) is left free so the details are the model's domain."
         ),
+        default_model="afhq-dog",  # the paper's Table B: cats (AFHQ) to dogs
     ),
     "edit": TaskPreset(
         "edit",
@@ -89,6 +92,9 @@ PRESETS: dict[str, TaskPreset] = {
             "the layout, and conditioning only steps T..T/2 (the narrowest range that still keeps "
             "the reference's semantics, Fig. 5) frees the second half to paint photographic detail."
         ),
+        # The paper's Places365 waterfall model was never published; LSUN church (Ho et al.'s DDPM) is the
+        # published model of outdoor scenes: sky, trees, grass and buildings (docs/tasks.md).
+        default_model="church",
     ),
     "sample": TaskPreset(
         "sample",

@@ -126,6 +126,8 @@ class TrainProgress(Protocol):
 
     def finish(self, result: TrainResult) -> None: ...
 
+    # Optional: ``logged(record)`` receives each loss.jsonl record (every ``log_every`` steps), if defined.
+
 
 class NullTrainProgress:
     """Ignores everything."""
@@ -524,6 +526,9 @@ class _Trainer:
         if not all(math.isfinite(v) for v in totals):
             self.progress.note(f"step {self.step}: the loss is not finite; lower --lr or add --grad-clip")
         self.log.append(record)
+        logged = getattr(self.progress, "logged", None)  # optional in TrainProgress (older displays lack it)
+        if logged is not None:
+            logged(record)
 
     def _sample_grid(self) -> None:
         c = self.config
