@@ -89,33 +89,51 @@ def exit_code_for(error: BaseException) -> ExitCode:
     return ExitCode.INTERNAL
 
 
+def json_error(message: str, code: ExitCode) -> None:
+    """Under ``--json``, a command that stops on an error still prints one JSON document on stdout:
+    ``{"error": message, "exit_code": code}`` (the error line goes to stderr as always)."""
+    import json
+
+    document = json.dumps({"error": message, "exit_code": int(code)}, indent=2)
+    out.print(document, markup=False, highlight=False, soft_wrap=True)
+
+
 def handle_errors(command: Callable[P, R]) -> Callable[P, R]:
     """Decorate a command: an :class:`IlvrError` becomes one red line on stderr and its exit code.
 
     Unexpected exceptions print a one-line summary too; ``ILVR_DEBUG=1`` re-raises them with the traceback.
+    With ``--json`` (the ``as_json`` parameter), stdout gets the error as a JSON document (:func:`json_error`).
     """
 
     @functools.wraps(command)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        as_json = bool(kwargs.get("as_json"))
         try:
             return command(*args, **kwargs)
         except typer.Exit:
             raise
         except KeyboardInterrupt as error:
             err.print("[yellow]interrupted[/]")
+            if as_json:
+                json_error("interrupted", exit_code_for(error))
             raise typer.Exit(exit_code_for(error)) from None
         except IlvrError as error:
             err.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+            if as_json:
+                json_error(str(error), exit_code_for(error))
             raise typer.Exit(exit_code_for(error)) from None
         except Exception as error:
             if os.environ.get("ILVR_DEBUG"):
                 raise
+            message = f"{type(error).__name__}: {error}"
             err.print(
-                f"[bold red]internal error:[/] {type(error).__name__}: {error} "
+                f"[bold red]internal error:[/] {message} "
                 "(rerun with ILVR_DEBUG=1 for the traceback, and please report it)",
                 highlight=False,
                 soft_wrap=True,
             )
+            if as_json:
+                json_error(message, ExitCode.INTERNAL)
             raise typer.Exit(ExitCode.INTERNAL) from None
 
     return wrapper

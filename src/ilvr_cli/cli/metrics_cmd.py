@@ -8,12 +8,12 @@ functions are registered by ``cli/app.py``; torch and the metric modules are imp
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from ilvr_cli.cli.common import err, handle_errors, out
@@ -21,12 +21,15 @@ from ilvr_cli.cli.exit_codes import ExitCode
 from ilvr_cli.cli.options import (
     DEFAULT_MAX_MEGAPIXELS,
     FidMode,
+    QuietOpt,
     choice_value,
+    examples,
     json_flag,
     max_megapixels_option,
 )
 from ilvr_cli.cli.progress import RichMetricProgress, warn
-from ilvr_cli.errors import InputError, UsageError
+from ilvr_cli.cli.render import print_json
+from ilvr_cli.errors import UsageError
 
 if TYPE_CHECKING:
     from ilvr_cli.metrics.fid_run import FIDRun
@@ -38,10 +41,6 @@ MaxMegapixelsOpt = Annotated[
         "Refuse larger images, from their header before decoding (decompression-bomb guard)."
     ),
 ]
-
-
-def _print_json(data: dict[str, Any]) -> None:
-    out.print(json.dumps(data, indent=2), markup=False, highlight=False, soft_wrap=True)
 
 
 def _require_exists(path: Path) -> None:
@@ -133,7 +132,8 @@ def fid_command(
             help="Local copy of pt_inception-2015-12-05-6726825d.pth (else the model registry).",
         ),
     ] = None,
-    json_output: Annotated[bool, json_flag("Print a JSON object instead of the number.")] = False,
+    as_json: Annotated[bool, json_flag("Print a JSON object instead of the number.")] = False,
+    quiet: QuietOpt = False,
     max_megapixels: MaxMegapixelsOpt = DEFAULT_MAX_MEGAPIXELS,
 ) -> None:
     """Frechet Inception Distance between two image sets, equal to pytorch-fid's on the same inputs."""
@@ -141,7 +141,7 @@ def fid_command(
     _check_fid_arguments(paths, save_stats)
     from ilvr_cli.metrics.fid_run import compute_fid, open_fid_inputs
 
-    progress = RichMetricProgress()
+    progress = RichMetricProgress(quiet)
     inputs = open_fid_inputs(paths, dims, progress)
     resolved = _resolve_device(device) if inputs.needs_network else "cpu"
     with progress:
@@ -156,9 +156,9 @@ def fid_command(
             progress=progress,
         )
     if save_stats is not None:
-        _save_stats(run, save_stats, json_output)
+        _save_stats(run, save_stats, as_json)
     else:
-        _show_fid(run, json_output)
+        _show_fid(run, as_json)
     if run.failed_count:
         err.print(
             f"[yellow]{run.failed_count} of {run.total} images failed; the others were scored[/]",
@@ -167,20 +167,20 @@ def fid_command(
         raise typer.Exit(ExitCode.PARTIAL_FAILURE)
 
 
-def _show_fid(run: FIDRun, json_output: bool) -> None:
+def _show_fid(run: FIDRun, as_json: bool) -> None:
     for message in run.warnings:
         warn(message)
     assert run.value is not None
-    if json_output:
+    if as_json:
         a, b = run.inputs
-        _print_json(
+        print_json(
             {"fid": run.value, "dims": run.dims, "mode": run.mode, "a": a.describe(), "b": b.describe()}
         )
     else:
         out.print(f"{run.value:.6f}", highlight=False)
 
 
-def _save_stats(run: FIDRun, target: Path, json_output: bool) -> None:
+def _save_stats(run: FIDRun, target: Path, as_json: bool) -> None:
     """Save the one folder's statistics (``--save-stats``) and say so."""
     (folder,) = run.inputs
     stats = folder.statistics
@@ -191,8 +191,8 @@ def _save_stats(run: FIDRun, target: Path, json_output: bool) -> None:
             f"{stats.num_images} images for {stats.dims} features: the covariance is singular and FIDs "
             "against these statistics are unreliable"
         )
-    if json_output:
-        _print_json({"saved": str(saved), "mode": run.mode, **folder.describe()})
+    if as_json:
+        print_json({"saved": str(saved), "mode": run.mode, **folder.describe()})
     else:
         out.print(f"saved {stats.dims}-d statistics of {stats.num_images} images to {saved}", highlight=False)
 
@@ -210,6 +210,7 @@ def _niqe_table(run: NIQERun, per_image: bool) -> Table:
         for name, score in run.scores.items():
             table.add_row(name, f"{score:.4f}")
         table.add_section()
+    assert run.mean is not None and run.std is not None, "shown only when something was scored"
     table.add_row(f"mean of {len(run.scores)}", f"{run.mean:.4f}")
     table.add_row("std", f"{run.std:.4f}")
     return table
@@ -217,27 +218,37 @@ def _niqe_table(run: NIQERun, per_image: bool) -> Table:
 
 @handle_errors
 def niqe_command(
-    path: Annotated[Path, typer.Argument(help="An image, or a folder of images (searched recursively).")],
+    paths: Annotated[
+        list[Path],
+        typer.Argument(help="Images and folders of images (searched recursively).", show_default=False),
+    ],
     csv_path: Annotated[
         Path | None, typer.Option("--csv", help="Write the per-image scores to this CSV file.")
     ] = None,
-    json_output: Annotated[bool, json_flag("Print a JSON object instead of the table.")] = False,
+    as_json: Annotated[bool, json_flag("Print a JSON object instead of the table.")] = False,
+    quiet: QuietOpt = False,
     max_megapixels: MaxMegapixelsOpt = DEFAULT_MAX_MEGAPIXELS,
 ) -> None:
     """NIQE of images (Mittal et al.), equal to the MATLAB release's; lower is more natural."""
     max_pixels = _max_pixels(max_megapixels)
     from ilvr_cli.metrics.niqe_run import niqe_inputs, score_niqe
 
-    inputs = niqe_inputs(path)
-    with RichMetricProgress() as progress:
+    inputs = niqe_inputs(paths)
+    with RichMetricProgress(quiet) as progress:
         run = score_niqe(inputs, max_pixels, progress)
     if csv_path is not None:
         run.write_csv(csv_path)
+    if as_json:
+        print_json(run.to_dict())  # valid even when every image failed (count 0, mean null)
     if not run.scores:
-        raise InputError(f"NIQE failed on all {run.total} images in {path}; see the warnings above")
-    if json_output:
-        _print_json(run.to_dict())
-    else:
+        where = " ".join(str(p) for p in inputs.paths)
+        err.print(
+            f"[bold red]error:[/] NIQE failed on all {run.total} images in {escape(where)}; see the warnings above",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(ExitCode.BAD_INPUT)
+    if not as_json and not quiet:
         out.print(_niqe_table(run, per_image=len(run.scores) <= 20))
     if run.failed:
         err.print(f"[yellow]{len(run.failed)} of {run.total} images failed[/]", highlight=False)
@@ -246,5 +257,16 @@ def niqe_command(
 
 def register(app: typer.Typer) -> None:
     """Add ``fid`` and ``niqe`` to the root app (``cli/app.py``)."""
-    app.command("fid")(fid_command)
-    app.command("niqe")(niqe_command)
+    app.command("fid", epilog=FID_EXAMPLES)(fid_command)
+    app.command("niqe", epilog=NIQE_EXAMPLES)(niqe_command)
+
+
+FID_EXAMPLES = examples(
+    "ilvr fid real/ generated/  # prints the FID (pytorch-fid's number)",
+    "ilvr fid real/ --save-stats real.npz  # then: ilvr fid real.npz generated/",
+    "ilvr fid real/ generated/ --json --dims 2048 --mode clean",
+)
+NIQE_EXAMPLES = examples(
+    "ilvr niqe out/  # mean and std over a folder",
+    "ilvr niqe a.png b.png out/ --json --csv scores.csv",
+)

@@ -7,22 +7,20 @@ light.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
-from ilvr_cli.cli.common import handle_errors, out
-from ilvr_cli.cli.options import CacheDirOpt, CatalogNameArg, CatalogNamesArg
+from ilvr_cli.cli import models_view as view
+from ilvr_cli.cli.common import err, handle_errors, out
+from ilvr_cli.cli.exit_codes import ExitCode
+from ilvr_cli.cli.options import CacheDirOpt, CatalogNameArg, CatalogNamesArg, JsonOpt, QuietOpt, examples
 from ilvr_cli.cli.progress import RichDownloadProgress
+from ilvr_cli.cli.render import print_json
 from ilvr_cli.errors import CheckpointError, UsageError
-
-if TYPE_CHECKING:
-    from ilvr_cli.registry.catalog import ModelSpec
-    from ilvr_cli.registry.manage import ModelStatus
 
 app = typer.Typer(
     name="models",
@@ -31,55 +29,33 @@ app = typer.Typer(
 )
 
 
-def _size_text(spec: ModelSpec) -> str:
-    from ilvr_cli.registry.download import format_bytes
-
-    size, exact = spec.download_size
-    return "?" if size is None else ("" if exact else "~") + format_bytes(size)
-
-
-def _state_text(status: ModelStatus) -> str:
-    from ilvr_cli.registry.download import format_bytes
-
-    return {
-        "builtin": "[green]built-in[/]",
-        "ready": "[green]yes[/]",
-        "downloaded": "[yellow]downloaded[/] (converts on first use)",
-        "partial": f"[yellow]partial[/] ({format_bytes(status.bytes_on_disk)})",
-        "missing": "no",
-    }[status.state]
-
-
-def _flatten(defaults: Mapping[str, object], prefix: str = "") -> list[str]:
-    """{"respacing": "100", "translate": {"factor": 32}} -> ["respacing=100", "translate.factor=32"]."""
-    items: list[str] = []
-    for key, value in defaults.items():
-        if isinstance(value, dict):
-            items += _flatten(value, f"{prefix}{key}.")
-        else:
-            items.append(f"{prefix}{key}={value}")
-    return items
-
-
-@app.command("list")
+@app.command("list", epilog=examples("ilvr models list", "ilvr models list --json"))
 @handle_errors
-def list_models(cache_dir: CacheDirOpt = None) -> None:
+def list_models(cache_dir: CacheDirOpt = None, as_json: JsonOpt = False) -> None:
     """Show the catalog: name, family, resolution, parameters, download size, and whether it is cached."""
     from ilvr_cli.registry import cache_root, load_catalog, model_status
 
+    entries = [(spec, model_status(spec, cache_dir)) for spec in load_catalog(cache_dir)]
+    if as_json:
+        print_json(
+            {"cache": str(cache_root(cache_dir)), "models": [view.entry_record(s, st) for s, st in entries]}
+        )
+        return
     table = Table(title=f"Models (cache: {escape(str(cache_root(cache_dir)))})", title_justify="left")
     for column in ("name", "family", "resolution", "params", "size", "cached"):
         table.add_column(column, justify="right" if column in ("params", "size") else "left")
-    for spec in load_catalog(cache_dir):
+    for spec, status in entries:
         resolution = f"{spec.image_size}x{spec.image_size}" if spec.image_size else "-"
         params = f"{spec.params / 1e6:.1f}M" if spec.params else "-"
         name = spec.name + (" [dim](yours)[/]" if spec.origin == "user" else "")
-        status = model_status(spec, cache_dir)
-        table.add_row(name, spec.family, resolution, params, _size_text(spec), _state_text(status))
+        table.add_row(name, spec.family, resolution, params, view.size_text(spec), view.state_text(status))
     out.print(table)
 
 
-@app.command("info")
+@app.command(
+    "info",
+    epilog=examples("ilvr models info ffhq", "ilvr models info ffhq --verify  # rehash the cached files"),
+)
 @handle_errors
 def info(
     name: CatalogNameArg,
@@ -92,93 +68,47 @@ def info(
         ),
     ] = False,
     cache_dir: CacheDirOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Everything the catalog and the cache know about one model, sha256 values included."""
     from ilvr_cli.registry import model_status, open_entry
-    from ilvr_cli.registry.download import format_bytes
-    from ilvr_cli.registry.manage import file_infos
+    from ilvr_cli.registry.manage import check_files, file_infos
 
     spec = open_entry(name, cache_dir=cache_dir).spec
     assert spec is not None
-    status = model_status(spec, cache_dir)
-    rows: list[tuple[str, str]] = [
-        ("name", spec.name + (" (added by you)" if spec.origin == "user" else "")),
-        ("title", spec.title),
-        ("kind", spec.kind),
-        ("family", spec.family),
-        ("format", spec.format),
-    ]
-    if spec.image_size:
-        rows.append(("resolution", f"{spec.image_size}x{spec.image_size}"))
-    if spec.params:
-        rows.append(("parameters", f"{spec.params:,}"))
-    if spec.diffusion:
-        d = spec.diffusion
-        rows.append(
-            ("diffusion", f"{d.schedule} schedule, {d.num_timesteps} steps, {d.variance_type} variance")
-        )
-    rows += [("download", _size_text(spec)), ("license", spec.license), ("source page", spec.source_page)]
-    if spec.defaults:
-        rows.append(("defaults", ", ".join(_flatten(spec.defaults))))
-    rows += [("cached", _state_text(status)), ("folder", str(status.directory))]
-    if status.path:
-        rows.append(("path", str(status.path)))
-    if status.bytes_on_disk:
-        rows.append(("on disk", format_bytes(status.bytes_on_disk)))
-    for f in file_infos(spec, cache_dir):
-        size = format_bytes(f.size) if f.size is not None else "~" + format_bytes(f.approx_size)
-        sha = {
-            "published": f"{f.sha256} (published)",
-            "first-use": f"{f.sha256} (recorded on first download)",
-        }
-        rows.append(
-            (
-                f"file {f.name}",
-                f"{size}; sha256 {sha.get(f.trust, 'not published; recorded on first download')}",
-            )
-        )
-        rows += [("  source", s.describe()) for s in f.sources]
-    if spec.notes:
-        rows.append(("notes", spec.notes))
-    table = Table(show_header=False, box=None, pad_edge=False)
-    table.add_column(style="bold")
-    table.add_column(overflow="fold")
-    for key, value in rows:
-        table.add_row(escape(key), value if key == "cached" else escape(value))
-    out.print(table)
-    if verify:
-        _verify(spec, cache_dir)
+    status, files = model_status(spec, cache_dir), file_infos(spec, cache_dir)
+    checks = check_files(spec, cache_dir) if verify else []
+    if as_json:
+        record = view.info_record(spec, status, files)
+        if verify:
+            record["verify"] = [{"file": c.name, "outcome": c.outcome, "detail": c.detail} for c in checks]
+        print_json(record)
+    else:
+        table = Table(show_header=False, box=None, pad_edge=False)
+        table.add_column(style="bold")
+        table.add_column(overflow="fold")
+        for key, value in view.info_rows(spec, status, files):
+            table.add_row(escape(key), value if key == "cached" else escape(value))
+        out.print(table)
+        if verify and not checks:
+            out.print("verify: nothing of this model is in the cache")
+        for line in view.verify_lines(checks):
+            out.print(line)
+    problem = view.verify_problem(spec, checks)
+    if problem is not None:
+        if as_json:  # the document above already says which files failed
+            err.print(f"[bold red]error:[/] {escape(problem)}", highlight=False, soft_wrap=True)
+            raise typer.Exit(ExitCode.BAD_INPUT)
+        raise CheckpointError(problem)
 
 
-def _verify(spec: ModelSpec, cache_dir: Path | None) -> None:
-    """Rehash an entry's cached files, one line each; any mismatch ends in a CheckpointError (exit 3)."""
-    from ilvr_cli.registry.manage import check_files
-
-    checks = check_files(spec, cache_dir)
-    if not checks:
-        out.print("verify: nothing of this model is in the cache")
-    for c in checks:
-        detail = f" ({escape(c.detail)})" if c.detail else ""
-        if c.outcome == "ok":
-            out.print(f"verify {escape(c.name)}: [green]ok[/]{detail}")
-        elif c.outcome == "deleted":
-            out.print(f"verify {escape(c.name)}: [red]MISMATCH[/]{detail}: deleted")
-        else:
-            out.print(f"verify {escape(c.name)}: [red]MISMATCH[/]{detail}: the file shipped with ilvr-cli is "
-                      "damaged and was left in place; reinstall ilvr-cli")  # fmt: skip
-    bad = [c for c in checks if c.outcome != "ok"]
-    if not bad:
-        return
-    names = ", ".join(c.name for c in bad)
-    if any(c.outcome == "damaged" for c in bad):
-        raise CheckpointError(f"{spec.name}: {names} failed verification; reinstall ilvr-cli")
-    raise CheckpointError(
-        f"{spec.name}: {names} failed verification and {'was' if len(bad) == 1 else 'were'} deleted; "
-        f"run `ilvr models download {spec.name}` to fetch (or convert) {'it' if len(bad) == 1 else 'them'} again"
-    )
-
-
-@app.command("download")
+@app.command(
+    "download",
+    epilog=examples(
+        "ilvr models download ffhq afhq-dog",
+        "HF_TOKEN=hf_... ilvr models download church  # Hub token honoured",
+    ),
+)
 @handle_errors
 def download(
     names: CatalogNamesArg,
@@ -189,6 +119,8 @@ def download(
         bool, typer.Option("--keep-original", help="Keep the downloaded checkpoint after converting it.")
     ] = False,
     cache_dir: CacheDirOpt = None,
+    quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Download models into the cache (resumable, verified) and convert them to safetensors."""
     from ilvr_cli.registry import load_catalog, open_entry
@@ -196,15 +128,20 @@ def download(
     catalog = load_catalog(cache_dir)
     # every name is checked before anything is downloaded
     handles = [open_entry(n, cache_dir=cache_dir, catalog=catalog) for n in names]
-    with RichDownloadProgress() as progress:
+    ready: dict[str, str] = {}
+    with RichDownloadProgress(quiet) as progress:
         for handle in handles:
             path = handle.fetch(progress=progress, convert=not no_convert, keep_original=keep_original)
-            progress.note(f"{handle.name}: ready at {path}")
+            ready[handle.name] = str(path)
+            if not as_json:
+                progress.note(f"{handle.name}: ready at {path}")
+    if as_json:
+        print_json({"ready": ready})
 
 
-@app.command("path")
+@app.command("path", epilog=examples("ilvr models path ffhq"))
 @handle_errors
-def path(name: CatalogNameArg, cache_dir: CacheDirOpt = None) -> None:
+def path(name: CatalogNameArg, cache_dir: CacheDirOpt = None, as_json: JsonOpt = False) -> None:
     """Print where a cached model is (the file that is loaded); fails if it is not in the cache."""
     from ilvr_cli.registry import model_status, open_entry
 
@@ -215,10 +152,16 @@ def path(name: CatalogNameArg, cache_dir: CacheDirOpt = None) -> None:
         raise UsageError(
             f"{name} is not in the cache ({status.directory}); run `ilvr models download {name}`"
         )
-    typer.echo(str(status.path))
+    if as_json:
+        print_json({"name": name, "path": str(status.path)})
+    else:
+        typer.echo(str(status.path))
 
 
-@app.command("rm")
+@app.command(
+    "rm",
+    epilog=examples("ilvr models rm ffhq", "ilvr models rm mine --forget  # also drop an entry you added"),
+)
 @handle_errors
 def rm(
     names: CatalogNamesArg,
@@ -231,24 +174,34 @@ def rm(
         ),
     ] = False,
     cache_dir: CacheDirOpt = None,
+    quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Delete models from the cache (first-use sha256 records are kept, so a re-download is still checked,
     unless --forget)."""
     from ilvr_cli.registry import load_catalog, remove_model
-    from ilvr_cli.registry.download import format_bytes
 
     catalog = load_catalog(cache_dir)
     origins = {name: catalog.get(name).origin for name in names}  # every name is checked first
+    freed: dict[str, int] = {}
     for name in names:
-        freed = remove_model(name, cache_dir, forget=forget)
-        said = f"{escape(name)}: removed ({format_bytes(freed)} freed)"
+        freed[name] = remove_model(name, cache_dir, forget=forget)
+        said = f"{escape(name)}: removed ({view.format_bytes(freed[name])} freed)"
         if forget:
             said += ", first-use sha256 records (if any) forgotten"
             said += ", entry dropped from your catalog" if origins[name] == "user" else ""
-        out.print(said)
+        if not (quiet or as_json):
+            out.print(said)
+    if as_json:
+        print_json({"removed": freed, "forgot": forget})
 
 
-@app.command("add")
+@app.command(
+    "add",
+    epilog=examples(
+        "ilvr models add mine runs/faces/ema.safetensors", "ilvr models add p2-ffhq ffhq_p2.pt --like ffhq"
+    ),
+)
 @handle_errors
 def add(
     name: Annotated[str, typer.Argument(help="The name to use with --model (letters, digits, . _ + -).")],
@@ -268,13 +221,20 @@ def add(
         ),
     ] = None,
     cache_dir: CacheDirOpt = None,
+    quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Add a checkpoint you obtained by hand (a Drive-only model, your own training run) to the cache."""
     from ilvr_cli.registry import add_model
 
-    with RichDownloadProgress() as progress:
+    with RichDownloadProgress(quiet) as progress:
         resolved = add_model(name, source, like=like, config=config, cache_dir=cache_dir, progress=progress)
-    out.print(f"{escape(name)}: ready at {escape(str(resolved.path))}; use it with --model {escape(name)}")
+    if as_json:
+        print_json({"name": name, "path": str(resolved.path)})
+    elif not quiet:
+        out.print(
+            f"{escape(name)}: ready at {escape(str(resolved.path))}; use it with --model {escape(name)}"
+        )
 
 
 def register(root: typer.Typer) -> None:

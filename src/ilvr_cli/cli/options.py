@@ -266,3 +266,9 @@ def with_parameters(parameters: Sequence[inspect.Parameter]) -> Callable[[F], F]
         return command
 
     return decorate
+
+
+def examples(*command_lines: str) -> str:
+    """A help epilog: a short "Examples" block, one command line per paragraph (Typer's rich help joins
+    single lines, so each example is its own paragraph)."""
+    return "[bold]Examples[/]\n\n" + "\n\n".join(command_lines)

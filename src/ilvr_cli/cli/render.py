@@ -62,6 +62,22 @@ def task_summary(result: TaskResult) -> None:
 
 
 # --------------------------------------------------------------------------------------------- train
+def train_result_dict(result: TrainResult) -> dict[str, Any]:
+    """``ilvr train --json``: where the run stopped and what it wrote."""
+    return {
+        "run_dir": str(result.run_dir),
+        "step": result.step,
+        "total_steps": result.total_steps,
+        "stopped": result.stopped,
+        "ema": str(result.ema_path),
+        "model": str(result.model_path),
+        "state": str(result.state_path),
+        "loss": result.last_loss,
+        "images_per_s": round(result.images_per_s, 3),
+        "seconds": round(result.elapsed_s, 3),
+    }
+
+
 def train_summary(result: TrainResult) -> None:
     """What the run did and how to use its weights."""
     loss = "-" if result.last_loss is None else f"{result.last_loss:.4f}"
@@ -77,6 +93,6 @@ def train_summary(result: TrainResult) -> None:
     )
     if result.stopped:
         out.print(
-            f"continue with: ilvr train DATA_DIR --out {escape(str(result.run_dir))} --resume",
+            f"continue with: ilvr train DATA_DIR {escape(str(result.run_dir))} --resume",
             highlight=False,
         )

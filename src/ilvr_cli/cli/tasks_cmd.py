@@ -16,7 +16,7 @@ import typer
 
 from ilvr_cli.cli.common import err, handle_errors, out
 from ilvr_cli.cli.exit_codes import ExitCode
-from ilvr_cli.cli.options import choice_value, task_parameters, with_parameters
+from ilvr_cli.cli.options import choice_value, examples, task_parameters, with_parameters
 from ilvr_cli.cli.render import task_summary
 from ilvr_cli.cli.run_progress import RichTaskProgress
 from ilvr_cli.tasks.config import TaskConfig, TaskName, parse_range
@@ -98,7 +98,33 @@ def _task_command(task: TaskName, text: str) -> Callable[..., None]:
     return command
 
 
+#: The example block at the end of each task command's help.
+EXAMPLES: dict[TaskName, str] = {
+    "upscale": examples(
+        "ilvr upscale lr/ out/ --factor 16  # 16x16 thumbnails -> 256x256 faces (ffhq)",
+        "ilvr upscale lr/ out/ --samples 4 --grid  # 4 results each, contact sheets",
+        "ilvr upscale thumbs/ out/ --model demo  # offline: built-in 32x32 digits",
+    ),
+    "translate": examples(
+        "ilvr translate cats/ dogs/  # cats -> dogs (model afhq-dog)",
+        "ilvr translate faces/ out/ --model metfaces --factor 16 --range 1000:400",
+    ),
+    "paint2img": examples(
+        "ilvr paint2img paintings/ photos/  # landscapes -> photos (model church)",
+        "ilvr paint2img rooms/ out/ --model lsun-bedroom --range 1000:500",
+    ),
+    "edit": examples(
+        "ilvr edit scribbled/ out/  # scribbled faces -> realistic faces (ffhq)",
+        "ilvr edit photo.png out/ --mask mask.png  # redo only the white part",
+    ),
+    "sample": examples(
+        "ilvr sample out/ --model demo --count 16",
+        "ilvr sample out/ --model runs/faces/ema.safetensors --steps ddim50",
+    ),
+}
+
+
 def register(app: typer.Typer) -> None:
     """Add the task commands to the root app."""
     for name, text in COMMANDS.items():
-        app.command(name)(_task_command(name, text))
+        app.command(name, epilog=EXAMPLES[name])(_task_command(name, text))

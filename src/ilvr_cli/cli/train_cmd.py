@@ -20,8 +20,17 @@ from rich.markup import escape
 
 from ilvr_cli.cli.common import err, handle_errors
 from ilvr_cli.cli.exit_codes import ExitCode
-from ilvr_cli.cli.options import CacheDirOpt, Precision, choice_value, complete_model_names
-from ilvr_cli.cli.render import train_summary
+from ilvr_cli.cli.options import (
+    CacheDirOpt,
+    JsonOpt,
+    Precision,
+    QuietOpt,
+    choice_value,
+    complete_model_names,
+    examples,
+)
+from ilvr_cli.cli.progress import warn
+from ilvr_cli.cli.render import print_json, train_result_dict, train_summary
 from ilvr_cli.cli.run_progress import RichTrainProgress
 from ilvr_cli.errors import UsageError
 
@@ -35,7 +44,15 @@ if TYPE_CHECKING:
 
 def register(app: typer.Typer) -> None:
     """Add the ``train`` command to the root app."""
-    app.command("train", no_args_is_help=True)(train)
+    app.command("train", no_args_is_help=True, epilog=EXAMPLES)(train)
+
+
+EXAMPLES = examples(
+    "ilvr train faces/ runs/faces --max-steps 20000  # ILVR's light ADM",
+    "ilvr train metfaces/ runs/mf --init-from ffhq --max-steps 20000  # fine-tune",
+    "ilvr train faces/ runs/faces --resume  # continue after a stop",
+    "torchrun --nproc_per_node 8 -m ilvr_cli train faces/ runs/faces -b 64",
+)
 
 
 @contextmanager
@@ -141,11 +158,11 @@ def _init_configs(init_from: str, cache_dir: Path | None, arch: dict[str, Any]) 
 @handle_errors
 def train(
     data_dir: Annotated[Path, typer.Argument(help="Folder of training images (recursive; resized and centre-cropped).", show_default=False)],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder: weights, training state, loss log, sample grids.", show_default=False)],
+    output: Annotated[Path | None, typer.Argument(help="Run folder: weights, training state, loss log, sample grids.", show_default=False)] = None,
     preset: Annotated[str | None, typer.Option("--preset", "-p", help="ddpm (Ho et al.), adm-small (ILVR's light ADM) or a JSON config file. Default: adm-small, or the --init-from model's.", show_default=False)] = None,
     init_from: Annotated[str | None, typer.Option("--init-from", help="Fine-tune from a catalog model or checkpoint (weights only; fresh optimiser).", show_default=False, autocompletion=complete_model_names)] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint (bitwise on CPU).")] = False,
-    steps: Annotated[int | None, typer.Option("--steps", help="Train up to this many steps in total. \\[default: 100000]", show_default=False)] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in OUTPUT from its last checkpoint (bitwise on CPU).")] = False,
+    max_steps: Annotated[int | None, typer.Option("--max-steps", help="Train up to this many steps in total. \\[default: 100000]", show_default=False)] = None,
     image_size: Annotated[int | None, typer.Option("--image-size", help="Training resolution. \\[default: the preset's, 256]", show_default=False)] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", "-b", help="Global batch size (split over torchrun ranks). \\[default: 8]", show_default=False)] = None,
     lr: Annotated[float | None, typer.Option("--lr", help="Constant AdamW learning rate. \\[default: 2e-5]", show_default=False)] = None,
@@ -162,25 +179,33 @@ def train(
     seed: Annotated[int | None, typer.Option("--seed", help="Seed of the initialisation, data order and noise. \\[default: 0]", show_default=False)] = None,
     save_every: Annotated[int | None, typer.Option("--save-every", help="Checkpoint every N steps. \\[default: 5000]", show_default=False)] = None,
     sample_every: Annotated[int | None, typer.Option("--sample-every", help="EMA sample grid every N steps (0 = never). \\[default: --save-every]", show_default=False)] = None,
-    samples: Annotated[int | None, typer.Option("--samples", help="Images per sample grid. \\[default: 16]", show_default=False)] = None,
+    grid_images: Annotated[int | None, typer.Option("--grid-images", help="Images per sample grid. \\[default: 16]", show_default=False)] = None,
     sample_steps: Annotated[str | None, typer.Option("--sample-steps", help="Sampler of the grids: ddimN, or a respacing such as 50 for DDPM. \\[default: ddim50]", show_default=False)] = None,
     log_every: Annotated[int | None, typer.Option("--log-every", help="Loss log line every N steps. \\[default: 100]", show_default=False)] = None,
     keep_every: Annotated[int | None, typer.Option("--keep-every", help="Also keep checkpoints/ema_STEP.safetensors every N steps (0 = no).", show_default=False)] = None,
     device: Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda, cuda:1, ... \\[default: auto]", show_default=False)] = None,
+    quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
     cache_dir: CacheDirOpt = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", hidden=True, help="Deprecated: give the run folder as OUTPUT.")] = None,
+    steps: Annotated[int | None, typer.Option("--steps", hidden=True, help="Deprecated: --max-steps.")] = None,
+    samples: Annotated[int | None, typer.Option("--samples", hidden=True, help="Deprecated: --grid-images.")] = None,
 ) -> None:  # fmt: skip
     """Train an unconditional diffusion model on a folder of images (or fine-tune one with --init-from)."""
+    out = _renamed("OUTPUT", output, "--out", out, required=True)
+    max_steps = _renamed("--max-steps", max_steps, "--steps", steps)
+    grid_images = _renamed("--grid-images", grid_images, "--samples", samples)
     _check_data_dir(data_dir)
     from ilvr_cli.runtime import read_ranks
     from ilvr_cli.training import saved_config
     from ilvr_cli.training import train as run_training
 
     options = {
-        "steps": steps, "image_size": image_size, "batch_size": batch_size, "lr": lr, "ema_decay": ema,
+        "steps": max_steps, "image_size": image_size, "batch_size": batch_size, "lr": lr, "ema_decay": ema,
         "ema_warmup": ema_warmup, "grad_clip": grad_clip, "precision": choice_value(precision),
         "learn_sigma": learn_sigma, "p2_gamma": p2_gamma, "p2_k": p2_k, "dropout": dropout, "flip": flip,
         "workers": workers, "seed": seed, "save_every": save_every, "sample_every": sample_every,
-        "sample_count": samples, "sample_steps": sample_steps, "log_every": log_every, "keep_every": keep_every,
+        "sample_count": grid_images, "sample_steps": sample_steps, "log_every": log_every, "keep_every": keep_every,
         "device": device,
     }  # fmt: skip
     given = {k: v for k, v in options.items() if v is not None}
@@ -199,7 +224,7 @@ def train(
     else:
         config = _new_config(data_dir, out, preset, init_from, given, cache_dir)
     main_rank = read_ranks().is_main
-    progress = RichTrainProgress() if main_rank else None
+    progress = RichTrainProgress(quiet) if main_rank else None
     with _warnings_to_console(main_rank), _graceful_interrupt() as interrupted:
         try:
             result = run_training(
@@ -208,10 +233,36 @@ def train(
         finally:
             if progress is not None:
                 progress.progress.stop()
-    if main_rank:
+    if main_rank and as_json:
+        print_json(train_result_dict(result))
+    elif main_rank and not quiet:
         train_summary(result)
     if result.stopped:
         raise typer.Exit(ExitCode.INTERRUPTED)
+
+
+#: Why the old names were renamed: in the task commands --steps is the sampling respacing and --samples
+#: the results per reference; OUTPUT is positional there.
+_RENAMED_BECAUSE = {
+    "--out": "the run folder is the second argument, as OUTPUT is in the task commands",
+    "--steps": "in the task commands --steps is the sampling respacing",
+    "--samples": "in the task commands --samples is the number of results per reference",
+}
+
+
+def _renamed(new: str, new_value: Any, old: str, old_value: Any, required: bool = False) -> Any:
+    """The value of a renamed option: the new name's, or the deprecated old name's with a warning; both
+    given is a usage error (and, with ``required``, neither)."""
+    if old_value is not None and new_value is not None:
+        raise UsageError(f"give {new} only ({old} is its deprecated name)")
+    if old_value is not None:
+        warn(
+            f"{old} is deprecated for ilvr train, use {new} ({_RENAMED_BECAUSE[old]}); it will be removed in 1.0"
+        )
+        return old_value
+    if new_value is None and required:
+        raise UsageError(f"missing {new}: ilvr train DATA_DIR OUTPUT (the run folder)")
+    return new_value
 
 
 def _check_data_dir(data_dir: Path) -> None:

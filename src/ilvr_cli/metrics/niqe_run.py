@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,38 +31,51 @@ class NIQEInput:
 
 @dataclass(frozen=True)
 class NIQEInputs:
-    """The files under ``path`` (one, if it is not a folder)."""
+    """The files under ``paths`` (a file stands for itself, a folder for its images). With one path, a
+    folder's images are named by their path inside it; with several, by the path as given joined with it."""
 
-    path: Path
+    paths: tuple[Path, ...]
     files: tuple[NIQEInput, ...]
-    is_folder: bool
+    #: One file alone: its failure is the command's error (in a set of images, one failure is skipped).
+    single_file: bool
+
+    @property
+    def path(self) -> Path:
+        return self.paths[0]
 
 
 @dataclass
 class NIQERun:
     """Scores and failures by name, in the order scored."""
 
-    path: Path
+    paths: tuple[Path, ...]
     scores: dict[str, float]
     failed: dict[str, str]
     #: Files tried (scored or failed).
     total: int
 
     @property
-    def mean(self) -> float:
+    def mean(self) -> float | None:
+        """Mean of the scores; None when no image could be scored."""
         values = list(self.scores.values())
-        return sum(values) / len(values)
+        return sum(values) / len(values) if values else None
 
     @property
-    def std(self) -> float:
-        """Population standard deviation of the scores."""
+    def std(self) -> float | None:
+        """Population standard deviation of the scores; None when no image could be scored."""
         mean = self.mean
+        if mean is None:
+            return None
         return math.sqrt(sum((v - mean) ** 2 for v in self.scores.values()) / len(self.scores))
 
     def to_dict(self) -> dict[str, object]:
-        """``ilvr niqe --json``: path, count, mean, std, scores, failed (needs at least one score)."""
+        """``ilvr niqe --json``: ``path`` (one path) or ``paths`` (several), count, mean, std (null when
+        nothing could be scored), scores, failed."""
+        where: dict[str, object] = (
+            {"path": str(self.paths[0])} if len(self.paths) == 1 else {"paths": [str(p) for p in self.paths]}
+        )
         return {
-            "path": str(self.path),
+            **where,
             "count": len(self.scores),
             "mean": self.mean,
             "std": self.std,
@@ -83,22 +97,40 @@ class NIQERun:
             raise InputError(f"cannot write {target}: {error.strerror or error}") from None
 
 
-def niqe_inputs(path: Path) -> NIQEInputs:
+def _path_inputs(path: Path, prefix: str | None) -> list[NIQEInput]:
     """One file (anything that is not a folder: reading it says what is wrong), or a folder's images named
-    by their relative path (an InputError if it holds none). A UsageError if ``path`` does not exist."""
-    path = Path(path)
-    if not path.exists():
-        raise UsageError(f"{path} does not exist")
+    by their relative path, after ``prefix`` when given (an InputError if it holds none)."""
     if not path.is_dir():
-        return NIQEInputs(path, (NIQEInput(path.name, path),), False)
+        return [NIQEInput(path.name if prefix is None else prefix, path)]
     scan = scan_folder(path)
     if not scan.items:
         raise InputError(f"no images found in {path}")
-    files = tuple(
-        NIQEInput(item.rel.as_posix(), item.path, None if item.supported else unsupported_reason(item))
+    return [
+        NIQEInput(
+            item.rel.as_posix() if prefix is None else f"{prefix}/{item.rel.as_posix()}",
+            item.path,
+            None if item.supported else unsupported_reason(item),
+        )
         for item in scan.items
-    )
-    return NIQEInputs(path, files, True)
+    ]
+
+
+def niqe_inputs(paths: Path | Sequence[Path]) -> NIQEInputs:
+    """The images of one or several paths (files or folders); a UsageError if one does not exist. With
+    several paths each image is named by the path as given (joined with its path inside a folder)."""
+    given = (Path(paths),) if isinstance(paths, (str, Path)) else tuple(Path(p) for p in paths)
+    if not given:
+        raise UsageError("give at least one image or folder")
+    for path in given:
+        if not path.exists():
+            raise UsageError(f"{path} does not exist")
+    several = len(given) > 1
+    files = [f for p in given for f in _path_inputs(p, p.as_posix().rstrip("/") if several else None)]
+    names = [f.name for f in files]
+    if len(set(names)) != len(names):
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise UsageError(f"{twice[0]} is given twice; give each image once")
+    return NIQEInputs(given, tuple(files), single_file=not several and not given[0].is_dir())
 
 
 def _score(file: Path, max_pixels: int) -> float:
@@ -126,12 +158,12 @@ def score_niqe(
                 raise InputError(item.unsupported)
             scores[item.name] = _score(item.path, max_pixels)
         except InputError as error:
-            if not inputs.is_folder:
+            if inputs.single_file:
                 raise
             failed[item.name] = str(error)
             progress.skipped(item.name, str(error))
         progress.advance(1)
-    return NIQERun(inputs.path, scores, failed, len(inputs.files))
+    return NIQERun(inputs.paths, scores, failed, len(inputs.files))
 
 
 __all__ = ["NIQEInput", "NIQEInputs", "NIQERun", "niqe_inputs", "score_niqe"]
