@@ -14,10 +14,10 @@ PY="${PYTHON:-.venv/bin/python}"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 
 [ -d "$DATA_DIR" ] || "$PY" scripts/export_digits.py "$DATA_DIR"
-time "$PY" -m ilvr_cli train "$DATA_DIR" --out "$RUN_DIR" \
-  --preset scripts/demo_model.json --seed 0 --steps 2500 --batch-size 32 --lr 5e-4 \
+time "$PY" -m ilvr_cli train "$DATA_DIR" "$RUN_DIR" \
+  --preset scripts/demo_model.json --seed 0 --max-steps 2500 --batch-size 32 --lr 5e-4 \
   --ema 0.999 --ema-warmup --grad-clip 1.0 --no-flip --workers 0 \
-  --save-every 250 --keep-every 250 --samples 16 --sample-steps 50 --log-every 25
+  --save-every 250 --keep-every 250 --grid-images 16 --sample-steps 50 --log-every 25
 
 if [ "${SHIP:-0}" = 1 ]; then
   "$PY" scripts/ship_demo.py "$RUN_DIR/ema.safetensors"
