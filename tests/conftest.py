@@ -71,6 +71,22 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(autouse=True)
+def no_hugging_face_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A developer's or CI's Hugging Face settings (``HF_HUB_OFFLINE=1`` closes the whole network, a
+    cache may hold the files a test downloads) must not change what the tests see; the tests of those
+    conventions set them themselves."""
+    for name in (
+        "HF_HUB_OFFLINE",
+        "HF_ENDPOINT",
+        "HF_TOKEN",
+        "HF_HOME",
+        "HF_HUB_CACHE",
+        "HUGGINGFACE_HUB_CACHE",
+    ):
+        monkeypatch.delenv(name, raising=False)
+
+
 @pytest.fixture()
 def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Never read the user's model cache or catalog: ``ILVR_CACHE_DIR`` points into the test's tmp_path.

@@ -30,7 +30,9 @@ runner = CliRunner()
 def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     root = tmp_path / "cache"
     monkeypatch.setenv("ILVR_CACHE_DIR", str(root))
-    monkeypatch.delenv("ILVR_OFFLINE", raising=False)
+    for variable in ("ILVR_OFFLINE", "HF_HUB_OFFLINE", "HF_ENDPOINT", "HF_TOKEN"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-hub"))  # never the user's Hugging Face cache
     monkeypatch.setenv("COLUMNS", "200")
     return root
 
@@ -101,6 +103,10 @@ def test_errors_map_to_exit_codes(cache: Path, monkeypatch: pytest.MonkeyPatch) 
     assert result.exit_code == ExitCode.DOWNLOAD
     assert "ILVR_OFFLINE=1" in result.output and "diffusion_ffhq_10m.pt" in result.output
     assert not (cache / "models" / "ffhq" / "diffusion_ffhq_10m.pt").exists()
+    monkeypatch.delenv("ILVR_OFFLINE")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the Hugging Face Hub's switch closes the network too
+    result = invoke("download", "ffhq")
+    assert result.exit_code == ExitCode.DOWNLOAD and "HF_HUB_OFFLINE=1" in result.output
 
 
 def test_add_and_use_a_checkpoint(cache: Path, tmp_path: Path) -> None:

@@ -162,6 +162,14 @@ class FakeServer:
         self.httpd.server_close()
 
 
+@pytest.fixture(autouse=True)
+def no_hub_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The machine's Hugging Face settings (an offline switch, a token, a cache) play no part here."""
+    for variable in ("HF_HUB_OFFLINE", "HF_ENDPOINT", "HF_TOKEN"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-hub"))
+
+
 @pytest.fixture
 def server() -> Iterator[FakeServer]:
     fake = FakeServer()

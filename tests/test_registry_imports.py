@@ -42,3 +42,26 @@ def test_no_module_imports_one_that_imports_it_back() -> None:
 
     cycles = sorted(m for m in graph if reaches(m, m, {m}))
     assert cycles == [], f"import cycles through {cycles}: {graph}"
+
+
+#: The downloader, bottom up: each module imports only modules before it (docs/registry.md, "Code layout").
+DOWNLOADER = ["progress", "hub", "transfer", "gdrive", "fetch", "cached", "download"]
+
+
+def test_the_downloader_is_layered_and_used_through_download() -> None:
+    graph = registry_imports()
+    assert set(DOWNLOADER) <= set(graph), f"a downloader module is gone: {sorted(graph)}"
+    for i, name in enumerate(DOWNLOADER):
+        later = graph[name] & set(DOWNLOADER[i:])
+        assert not later, f"{name} imports {sorted(later)}, which come after it in {DOWNLOADER}"
+    for name in set(graph) - set(DOWNLOADER):
+        inner = graph[name] & set(DOWNLOADER) - {"download"}
+        assert not inner, f"{name} imports {sorted(inner)}: the rest of the registry goes through download"
+
+
+def test_download_still_exports_its_public_names() -> None:
+    from ilvr_cli.registry import download
+
+    for name in ("DownloadOptions", "DownloadProgress", "FetchedFile", "NullProgress", "GDRIVE_DOWNLOAD_URL",
+                 "cached_file", "ensure_file", "format_bytes"):  # fmt: skip
+        assert name in download.__all__ and hasattr(download, name)

@@ -37,4 +37,4 @@ class OutputError(IlvrError):
 
 
 class OfflineError(DownloadError):
-    """A file is needed but ``ILVR_OFFLINE=1`` forbids the network."""
+    """A file is needed but ``ILVR_OFFLINE=1`` (or ``HF_HUB_OFFLINE=1``) forbids the network."""

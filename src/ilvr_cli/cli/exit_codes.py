@@ -15,7 +15,7 @@ class ExitCode(IntEnum):
     USAGE = 2
     #: A checkpoint or input could not be used (format, shape mismatch, corrupt file).
     BAD_INPUT = 3
-    #: A download failed, or the network was needed while ``ILVR_OFFLINE=1``.
+    #: A download failed, or the network was needed while ``ILVR_OFFLINE=1`` (or ``HF_HUB_OFFLINE=1``).
     DOWNLOAD = 4
     #: Results could not be written (disk full, read-only, no permission); finished results are kept.
     OUTPUT = 5

@@ -33,6 +33,7 @@ from ilvr_cli.registry.names import validate_name
 __all__ = [
     "CONVERTED_NAME",
     "ENV_CACHE_DIR",
+    "ENV_HF_OFFLINE",
     "ENV_OFFLINE",
     "FileRecord",
     "KnownHashes",
@@ -40,11 +41,13 @@ __all__ = [
     "cache_root",
     "is_offline",
     "model_dir",
+    "offline_setting",
     "sha256_file",
 ]
 
 ENV_CACHE_DIR = "ILVR_CACHE_DIR"
 ENV_OFFLINE = "ILVR_OFFLINE"
+ENV_HF_OFFLINE = "HF_HUB_OFFLINE"
 APP_NAME = "ilvr"
 CONVERTED_NAME = "model.safetensors"
 MANIFEST_NAME = "manifest.json"
@@ -64,11 +67,23 @@ def cache_root(cache_dir: str | Path | None = None) -> Path:
     return Path(cache_dir).expanduser().absolute()
 
 
+def _env_true(variable: str) -> bool:
+    return os.environ.get(variable, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
 def is_offline(offline: bool | None = None) -> bool:
-    """``offline`` if given, else whether ``ILVR_OFFLINE`` is set to 1/true/yes/on."""
+    """``offline`` if given, else whether ``ILVR_OFFLINE`` or the Hugging Face Hub's ``HF_HUB_OFFLINE`` is
+    set to 1/true/yes/on (either one closes the network: no source is contacted)."""
     if offline is not None:
         return offline
-    return os.environ.get(ENV_OFFLINE, "").strip().lower() in {"1", "true", "yes", "on"}
+    return _env_true(ENV_OFFLINE) or _env_true(ENV_HF_OFFLINE)
+
+
+def offline_setting() -> str:
+    """What forbids the network, for messages: ``HF_HUB_OFFLINE=1`` when only that is set, else
+    ``ILVR_OFFLINE=1``."""
+    only_hf = _env_true(ENV_HF_OFFLINE) and not _env_true(ENV_OFFLINE)
+    return f"{ENV_HF_OFFLINE if only_hf else ENV_OFFLINE}=1"
 
 
 def model_dir(root: Path, name: str) -> Path:

@@ -5,6 +5,7 @@ that is plausibly the right one: not a web page (a sign-in, quota or error page 
 content type), of the published size when one is known (checked by the downloader), and, for diffusion
 models, readable as what its name says (a ``.pt`` state dict that fits the entry's architecture, a complete
 ``.safetensors`` file, a JSON object). Torch is imported only when a checkpoint is actually checked.
+:func:`content_problem` gives the verdict on a downloaded (or reused) file: sha256, web page, content.
 """
 
 from __future__ import annotations
@@ -12,10 +13,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from ilvr_cli.errors import CheckpointError
+from ilvr_cli.errors import CheckpointError, IlvrError
 from ilvr_cli.registry.catalog import ModelSpec
 
-__all__ = ["ContentCheck", "checkpoint_check", "looks_like_web_page"]
+__all__ = ["ContentCheck", "checkpoint_check", "content_problem", "looks_like_web_page"]
 
 #: ``check(path, name)`` raises an :class:`~ilvr_cli.errors.IlvrError` when the file at ``path``, to be
 #: stored as ``name``, is not what the entry expects.
@@ -76,3 +77,23 @@ def checkpoint_check(spec: ModelSpec) -> ContentCheck:
             read_json(path)
 
     return check
+
+
+def content_problem(
+    path: Path, name: str, expected: str | None, digest: str, check: ContentCheck | None
+) -> str | None:
+    """Why a file whose sha256 is ``digest`` cannot be ``name`` (None if it can): a web page, a hash that
+    differs from ``expected``, or (no hash to compare with: first use) a failed content ``check``."""
+    if expected is not None and digest == expected:
+        return None
+    if looks_like_web_page(path, name):
+        return "served a web page (a sign-in, quota or error page?) instead of the file"
+    if expected is not None:
+        return f"sha256 mismatch (got {digest}, expected {expected})"
+    if check is not None:
+        try:
+            check(path, name)
+        except IlvrError as error:
+            reason = str(error).removeprefix(f"{path}: ")
+            return f"does not load as a checkpoint ({reason})"
+    return None
