@@ -253,3 +253,43 @@ def test_each_task_names_its_default_model_in_its_help(task: str, model: str) ->
     assert command is not None
     (option,) = [p for p in command.params if p.name == "model"]
     assert option.help is not None and option.help.endswith(f"Default: {model}.")  # type: ignore[attr-defined]
+
+
+# ------------------------------------------------------------------------------------------ downloads
+def test_a_first_download_is_announced_in_one_line(tmp_path: Path) -> None:
+    """What, how big, from where and where to: one line before the first byte (a local server here)."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    data = b"some weights " * 1000
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the http.server API
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/w.pth"
+        cache = tmp_path / "cache"
+        cache.mkdir()
+        entry = {"kind": "weights", "family": "test", "title": "tiny weights",
+                 "files": [{"name": "w.pth", "size": len(data), "sources": [{"url": url}]}]}  # fmt: skip
+        (cache / "catalog.json").write_text(json.dumps({"version": 1, "models": {"tiny-w": entry}}))
+        env = _env(tmp_path)
+        env.pop("ILVR_OFFLINE")
+        proc = _ilvr(["models", "download", "tiny-w"], env)
+        assert proc.returncode == 0, proc.stderr
+        target = cache / "models" / "tiny-w" / "w.pth"
+        announced = [line for line in proc.stderr.splitlines() if line.startswith("downloading ")]
+        assert announced == [f"downloading tiny-w: w.pth (13.0 kB) from {url} to {target}"], proc.stderr
+        again = _ilvr(["models", "download", "tiny-w"], env)  # cached now: nothing to announce
+        assert again.returncode == 0 and "downloading " not in again.stderr
+    finally:
+        server.shutdown()
