@@ -4,7 +4,7 @@
 
 - ``demo_samples.png``: 64 unconditional samples (DDPM, 100 respaced steps, seed 0), 2x nearest-neighbour,
   stored grey (the model's R, G and B agree to a few levels; the mean is kept).
-- ``demo_ilvr.png``: one row per example digit (examples/digits): the 4x4 thumbnail, three ILVR results
+- ``demo_ilvr.png``: one row per example digit (src/ilvr_cli/data/examples/digits): the 4x4 thumbnail, three ILVR results
   from it (N = 8), the 8x8 thumbnail, three ILVR results from it (N = 4), and the held-out original;
   thumbnails are shown enlarged with nearest-neighbour so their pixels are visible.
 """
@@ -57,7 +57,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="demo")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "img")
-    parser.add_argument("--examples", type=Path, default=ROOT / "examples" / "digits")
+    parser.add_argument(
+        "--examples", type=Path, default=ROOT / "src" / "ilvr_cli" / "data" / "examples" / "digits"
+    )
     args = parser.parse_args()
     loaded = load_model(args.model)
     denoiser = Denoiser.from_loaded(loaded.network.eval(), loaded.diffusion_config, steps="100")

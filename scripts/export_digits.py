@@ -7,9 +7,10 @@ logistic curve so strokes look like pen strokes; white ink on black, saved as RG
 
 Five digits of each class (the last five in the dataset's order) are held out of training; the last one
 of each class is written to ``--examples`` with its 8x8 and 4x4 thumbnails (the ILVR ``down`` of the
-32x32 image): the repository's example inputs (examples/digits/).
+32x32 image): the example inputs shipped in the package (src/ilvr_cli/data/examples/digits/, copied out
+by ``ilvr examples``).
 
-    python scripts/export_digits.py /tmp/digits-train --examples examples/digits
+    python scripts/export_digits.py /tmp/digits-train --examples src/ilvr_cli/data/examples/digits
 """
 
 from __future__ import annotations

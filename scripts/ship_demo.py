@@ -53,7 +53,7 @@ def entry_for(path: Path) -> dict:
         "defaults": {"respacing": "100", "upscale": {"factor": 4}, "translate": {"factor": 4, "range_t": 20}},
         "notes": "Shipped inside the package (no download); trained offline on CPU by scripts/train_demo.sh "
         f"(seed {meta.get('train_seed', '?')}, {meta.get('train_step', '?')} steps), recipe and samples in "
-        "docs/training.md. Example inputs: examples/digits.",
+        "docs/training.md. Example inputs: `ilvr examples DEST` copies them to DEST/digits.",
     }
 
 

@@ -233,6 +233,13 @@ def _models_verify_mismatch(ctx: Ctx) -> list[str]:
     return ["models", "info", "mine", "--verify"]
 
 
+def _examples_conflict(ctx: Ctx) -> list[str]:
+    target = ctx.tmp / "ex" / "digits" / "README.md"
+    target.parent.mkdir(parents=True)
+    target.write_text("a different file of mine")
+    return ["examples", str(ctx.tmp / "ex")]
+
+
 INTERRUPT, BUG = KeyboardInterrupt(), RuntimeError("an internal error")
 
 SCENARIOS: dict[tuple[str, int], Scenario] = {}
@@ -274,6 +281,19 @@ SCENARIOS.update(
         ),
         ("niqe", ExitCode.INTERNAL): _niqe_raises(BUG),
         ("niqe", ExitCode.INTERRUPTED): _niqe_raises(INTERRUPT),
+        ("examples", ExitCode.OK): lambda ctx: ["examples", str(ctx.tmp / "ex")],
+        ("examples", ExitCode.USAGE): _examples_conflict,
+        ("examples", ExitCode.OUTPUT): _models_raises(
+            ["examples", "ex"],
+            "ilvr_cli.examples.atomic_write",
+            OSError(errno.EROFS, "Read-only file system"),
+        ),
+        ("examples", ExitCode.INTERNAL): _models_raises(
+            ["examples", "ex"], "ilvr_cli.examples.copy_examples", BUG
+        ),
+        ("examples", ExitCode.INTERRUPTED): _models_raises(
+            ["examples", "ex"], "ilvr_cli.examples.copy_examples", INTERRUPT
+        ),
         ("models list", ExitCode.OK): lambda ctx: ["models", "list"],
         ("models list", ExitCode.INTERNAL): _models_raises(
             ["models", "list"], "ilvr_cli.registry.load_catalog", BUG

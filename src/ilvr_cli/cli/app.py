@@ -29,6 +29,10 @@ class LazyCommand(NamedTuple):
 #: Every subcommand, in the order ``ilvr --help`` lists them. ``tests/test_cli_root.py`` checks that each
 #: one-line help is the first paragraph of the command's own help.
 COMMANDS: dict[str, LazyCommand] = {
+    "examples": LazyCommand(
+        "ilvr_cli.cli.examples_cmd",
+        "Copy the built-in example inputs (digits for the demo model) into DEST, one folder per set.",
+    ),
     "models": LazyCommand(
         "ilvr_cli.cli.models_cmd",
         "List, download and manage models: the built-in catalog, your additions, and the cache.",

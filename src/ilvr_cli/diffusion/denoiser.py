@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
 import torch
@@ -18,10 +19,32 @@ from ilvr_cli.diffusion.posterior import VARIANCE_TYPES, Posterior, p_mean_varia
 from ilvr_cli.diffusion.schedule import Schedule
 from ilvr_cli.errors import CheckpointError, UsageError
 
+if TYPE_CHECKING:
+    from ilvr_cli.models.checkpoints import LoadedModel
+    from ilvr_cli.registry.handle import ModelHandle
+
 #: A network ``f(x, timesteps) -> output`` with timesteps of shape (B,) in the network's own time.
 Network = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 AUTOCAST_DTYPES = (None, torch.bfloat16, torch.float16)
+
+#: ``steps`` not given to :meth:`Denoiser.from_loaded` (then "100", guided-diffusion's usual respacing).
+_DEFAULT_STEPS: Any = object()
+
+
+def _unpack(model: Any) -> tuple[Network, DiffusionConfig | None]:
+    """(network, diffusion config or None) of a ``LoadedModel``, a ``ModelHandle`` (loaded now) or a network."""
+    if hasattr(model, "network") and hasattr(model, "diffusion_config"):  # LoadedModel
+        return model.network, model.diffusion_config
+    if callable(getattr(model, "load", None)) and hasattr(model, "diffusion_config"):  # ModelHandle
+        network = model.load()
+        return network, model.diffusion_config
+    return model, None
+
+
+def _model_name(model: Any) -> str:
+    name = getattr(model, "name", None)
+    return name if isinstance(name, str) else type(model).__name__
 
 
 class Denoiser:
@@ -49,17 +72,68 @@ class Denoiser:
         self.clip_denoised = clip_denoised
         self.autocast_dtype = autocast_dtype
 
+    @overload
     @classmethod
     def from_loaded(
         cls,
-        network: Network,
+        model: Network,
         diffusion_config: DiffusionConfig,
         steps: str | int | None = "100",
         *,
         clip_denoised: bool = True,
         autocast_dtype: torch.dtype | None = None,
+    ) -> Denoiser: ...
+
+    @overload
+    @classmethod
+    def from_loaded(
+        cls,
+        model: LoadedModel | ModelHandle,
+        steps: str | int | None = "100",
+        *,
+        diffusion_config: DiffusionConfig | None = None,
+        clip_denoised: bool = True,
+        autocast_dtype: torch.dtype | None = None,
+    ) -> Denoiser: ...
+
+    @classmethod
+    def from_loaded(
+        cls,
+        model: Any,
+        *args: Any,
+        diffusion_config: DiffusionConfig | None = None,
+        steps: Any = _DEFAULT_STEPS,
+        clip_denoised: bool = True,
+        autocast_dtype: torch.dtype | None = None,
     ) -> Denoiser:
-        """The training schedule of ``diffusion_config`` respaced to ``steps`` ("100", "ddim50", "" = all)."""
+        """The training schedule respaced to ``steps`` ("100", "ddim50", "" = all), around a network.
+
+        ``model`` is what :func:`ilvr_cli.registry.load_model` returns (a ``LoadedModel``), an
+        :func:`ilvr_cli.registry.open_model` handle (loaded here, once), or a bare network followed by its
+        ``DiffusionConfig``: ``from_loaded(load_model("demo"), "100")`` and
+        ``from_loaded(loaded.network, loaded.diffusion_config, steps="100")`` are the same denoiser.
+        """
+        rest = list(args)
+        if rest and isinstance(rest[0], DiffusionConfig):
+            if diffusion_config is not None:
+                raise TypeError("from_loaded() got diffusion_config twice")
+            diffusion_config = rest.pop(0)
+        if rest:
+            if len(rest) > 1 or steps is not _DEFAULT_STEPS:
+                raise TypeError(
+                    "from_loaded(model, [diffusion_config,] steps): too many positional arguments"
+                )
+            steps = rest[0]
+        if steps is _DEFAULT_STEPS:
+            steps = "100"
+        network, own_config = _unpack(model)
+        if diffusion_config is None:
+            diffusion_config = own_config
+        if diffusion_config is None:
+            raise CheckpointError(
+                f"{_model_name(model)}: the checkpoint does not say how it was trained (schedule, "
+                "variance); pass its DiffusionConfig: Denoiser.from_loaded(network, diffusion_config, steps)"
+            )
         if diffusion_config.prediction != "eps":
             raise CheckpointError(
                 f"only eps-prediction models are supported, got {diffusion_config.prediction!r}"
