@@ -10,7 +10,11 @@ Like the ``ilvr`` command, it runs in channels_last with the memory settings of
 ``--default-allocator`` measure without them.
 
     python benchmarks/bench_unet.py                      # CPU, fp32, batch 1
+    python benchmarks/bench_unet.py --precision fp32,bf16    # both, interleaved: the bf16 / fp32 step ratio
     python benchmarks/bench_unet.py --device cuda --precision bf16 --batch 16
+
+Each precision runs as the tasks run it: on the CPU a bf16 network has bf16 weights
+(:func:`ilvr_cli.runtime.place_network`), on CUDA it runs under autocast.
 """
 
 from __future__ import annotations
@@ -103,13 +107,61 @@ def square_matmul(device: torch.device, dtype: torch.dtype, n: int = MATMUL_SIZE
     return lambda: a @ b
 
 
+class Variant:
+    """The network at one precision, run as the ``ilvr`` tasks run it (:func:`ilvr_cli.runtime.place_network`:
+    on the CPU a bf16 network has bf16 weights; on CUDA autocast), with its timed callables."""
+
+    def __init__(self, precision: str, base: UNet, device: torch.device, args: argparse.Namespace) -> None:
+        import copy
+
+        self.precision = precision
+        self.dtype = DTYPES[precision]
+        network = copy.deepcopy(base)
+        if args.channels_last:
+            network = runtime.place_network(network, device, self.dtype)
+        elif self.dtype is not None and device.type == "cpu":
+            network = network.to(dtype=self.dtype)
+        self.network = network
+        size = base.config.image_size
+        self.x = torch.randn(
+            args.batch, 3, size, size, device=device, generator=torch.Generator(device).manual_seed(0)
+        )
+        if args.channels_last:
+            self.x = self.x.to(memory_format=torch.channels_last)
+        self.t = torch.full((args.batch,), 500, device=device, dtype=torch.long)
+        schedule = Schedule.from_config(DiffusionConfig(variance_type="learned_range")).respace("1000")
+        self.denoiser = Denoiser(network, schedule, "learned_range", autocast_dtype=self.dtype)
+        self.keys = [f"bench-{k}" for k in range(args.batch)]
+        reference = torch.rand(args.batch, 3, size, size, device=device) * 2 - 1
+        self.hook = ILVRHook(LowPass(size, size, args.factor), schedule, reference=reference)
+        self.reference = reference
+        self.device = device
+
+    def forward(self) -> torch.Tensor:
+        """One bare forward: what the sampler's network call costs at this precision."""
+        with torch.inference_mode():
+            return self.denoiser.model_output(self.x, len(self.denoiser.schedule) - 1)
+
+    def step(self, hooks: tuple) -> Callable[[], None]:
+        """One sampler step (network + posterior + noise draw + hooks) from the start of a fresh loop."""
+
+        def run() -> None:
+            next(sample_steps(self.denoiser, NoiseSource(0, self.keys, self.device), x_T=self.x, hooks=hooks))
+
+        return run
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--config", choices=sorted(CONFIGS), default="ffhq")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--precision", choices=sorted(DTYPES), default="fp32")
+    parser.add_argument(
+        "--precision",
+        default="fp32",
+        help="fp32, bf16 or fp16, or several comma-separated (e.g. fp32,bf16): timed interleaved in one run",
+    )
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=5, help="rounds of interleaved timing")
     parser.add_argument(
@@ -127,43 +179,24 @@ def main() -> None:
     args = parser.parse_args()
 
     device = torch.device(args.device)
-    autocast_dtype = DTYPES[args.precision]
+    precisions = [p.strip() for p in args.precision.split(",")]
+    unknown = [p for p in precisions if p not in DTYPES]
+    if unknown:
+        parser.error(f"--precision: unknown {unknown}; choose from {sorted(DTYPES)} (comma-separated)")
     config = UNetConfig.from_guided_diffusion_flags(CONFIGS[args.config])
     torch.manual_seed(0)
-    network = UNet(config).to(device).eval()
-    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
-    network = network.to(memory_format=memory_format)
-    params = sum(p.numel() for p in network.parameters())
-
-    size = config.image_size
-    x = torch.randn(args.batch, 3, size, size, device=device).to(memory_format=memory_format)
-    t = torch.full((args.batch,), 500, device=device, dtype=torch.long)
-    use_autocast = autocast_dtype is not None
-
-    def forward() -> torch.Tensor:
-        with (
-            torch.inference_mode(),
-            torch.autocast(device.type, autocast_dtype or torch.float32, use_autocast),
-        ):
-            return network(x, t)
+    base = UNet(config).to(device).eval()
+    params = sum(p.numel() for p in base.parameters())
+    variants = {p: Variant(p, base, device, args) for p in precisions}
+    first = variants[precisions[0]]
 
     with FlopCounterMode(display=False) as counter:
-        forward()
+        first.forward()
     flops = counter.get_total_flops()
-
-    schedule = Schedule.from_config(DiffusionConfig(variance_type="learned_range")).respace("1000")
-    denoiser = Denoiser(network, schedule, "learned_range", autocast_dtype=autocast_dtype)
-    keys = [f"bench-{k}" for k in range(args.batch)]
-    reference = torch.rand(args.batch, 3, size, size, device=device) * 2 - 1
-    hook = ILVRHook(LowPass(size, size, args.factor), schedule, reference=reference)
-
-    def one_step(hooks: tuple) -> Callable[[], None]:
-        """One sampler step (network + posterior + noise draw + hooks) from the start of a fresh loop."""
-
-        def run() -> None:
-            next(sample_steps(denoiser, NoiseSource(0, keys, device), x_T=x, hooks=hooks))
-
-        return run
+    size = config.image_size
+    keys, x = first.keys, first.x
+    schedule = first.denoiser.schedule
+    hook = first.hook
 
     def free_network(x_in: torch.Tensor, t_in: torch.Tensor) -> torch.Tensor:
         """A network that costs nothing: what remains of a step is the sampler's own work."""
@@ -181,43 +214,63 @@ def main() -> None:
 
     own_s = timed(free_steps(()), device, args.repeats) / 20
     own_ilvr_s = timed(free_steps((hook,)), device, args.repeats) / 20
-    matmul = square_matmul(device, autocast_dtype or torch.float32)
-    times = interleaved(
-        {"matmul": matmul, "forward": forward, "step": one_step(()), "ilvr": one_step((hook,))},
+    fns: dict[str, Callable[[], object]] = {}
+    for p, v in variants.items():
+        fns[f"matmul {p}"] = square_matmul(device, v.dtype or torch.float32)
+        fns[f"forward {p}"] = v.forward
+        fns[f"step {p}"] = v.step(())
+        fns[f"ilvr {p}"] = v.step((v.hook,))
+    times = interleaved(fns, device, args.repeats)
+    lowpass_s = timed(
+        lambda: hook.lowpass(first.reference),
         device,
-        args.repeats,
+        max(args.repeats, 10),
     )
-    forward_s, step_s, ilvr_s = times["forward"], times["step"], times["ilvr"]
-    peak = 2 * MATMUL_SIZE**3 / times["matmul"]
-    lowpass_s = timed(lambda: hook.lowpass(reference), device, max(args.repeats, 10))
 
     print(
         f"device            {device} ({torch.get_num_threads()} threads)"
         if device.type == "cpu"
         else f"device            {torch.cuda.get_device_name(device)}"
     )
+    if device.type == "cpu":
+        print(
+            f"cpu bf16          native={runtime.cpu_has_native_bf16()} ({torch.backends.cpu.get_cpu_capability()})"
+        )
     print(
         f"config            {args.config}: {params / 1e6:.1f}M parameters, {size}x{size}, batch {args.batch}, "
-        f"{args.precision}, channels_last={args.channels_last}"
+        f"channels_last={args.channels_last}; precisions {', '.join(precisions)} timed interleaved, "
+        f"{args.repeats} rounds (fastest of each)"
     )
     huge_pages, reuse = MEMORY_SETTINGS
     print(f"memory            huge pages={huge_pages}, freed-memory reuse={reuse}")
     print(f"forward FLOPs     {flops / 1e9:.1f} GFLOP")
-    print(f"matmul peak       {peak / 1e9:.1f} GFLOP/s")
+    for p in precisions:
+        forward_s, step_s, ilvr_s = times[f"forward {p}"], times[f"step {p}"], times[f"ilvr {p}"]
+        peak = 2 * MATMUL_SIZE**3 / times[f"matmul {p}"]
+        print(f"--- {p}")
+        print(f"matmul peak       {peak / 1e9:.1f} GFLOP/s ({p} {MATMUL_SIZE}x{MATMUL_SIZE})")
+        print(
+            f"bare forward      {forward_s:.4f} s  ({flops / forward_s / 1e9:.1f} GFLOP/s, "
+            f"{100 * flops / forward_s / peak:.0f}% of {p} matmul peak; {args.batch / forward_s:.2f} images/s)"
+        )
+        print(
+            f"sampler step      {step_s:.4f} s  (overhead {100 * (step_s / forward_s - 1):+.1f}% vs forward)"
+        )
+        print(
+            f"sampler + ILVR    {ilvr_s:.4f} s  (overhead {100 * (ilvr_s / forward_s - 1):+.1f}% vs forward)"
+        )
+    if len(precisions) > 1:
+        base_p = precisions[0]
+        for p in precisions[1:]:
+            ratio = times[f"ilvr {p}"] / times[f"ilvr {base_p}"]
+            print(
+                f"ILVR step {p} / {base_p}: {ratio:.2f}x  (forward {times[f'forward {p}'] / times[f'forward {base_p}']:.2f}x)"
+            )
     print(
-        f"bare forward      {forward_s:.4f} s  ({flops / forward_s / 1e9:.1f} GFLOP/s, "
-        f"{100 * flops / forward_s / peak:.0f}% of matmul peak)"
+        f"sampler's own work {own_s * 1e3:.2f} ms/step; with ILVR {own_ilvr_s * 1e3:.2f} ms/step "
+        f"({100 * own_ilvr_s / times[f'forward {precisions[0]}']:.2f}% of a {precisions[0]} forward)"
     )
-    print(f"sampler step      {step_s:.4f} s  (overhead {100 * (step_s / forward_s - 1):+.1f}% vs forward)")
-    print(f"sampler + ILVR    {ilvr_s:.4f} s  (overhead {100 * (ilvr_s / forward_s - 1):+.1f}% vs forward)")
-    print(
-        f"sampler's own work {own_s * 1e3:.2f} ms/step ({100 * own_s / forward_s:.2f}% of a forward); "
-        f"with ILVR {own_ilvr_s * 1e3:.2f} ms/step ({100 * own_ilvr_s / forward_s:.2f}%)"
-    )
-    print(
-        f"phi_N alone       {lowpass_s * 1e3:.2f} ms  (N={args.factor}, "
-        f"{100 * lowpass_s / forward_s:.2f}% of a forward)"
-    )
+    print(f"phi_N alone       {lowpass_s * 1e3:.2f} ms  (N={args.factor})")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -69,6 +70,16 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def fp32_by_default() -> Iterator[None]:
+    """``--precision auto`` means fp32 in the tests, on every machine (``ILVR_PRECISION``): their results
+    must not depend on whether the CPU has native bf16; the bf16 tests ask for it (tests/test_precision.py).
+    Session-wide, so that module-scoped fixtures (reference runs) see it too."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ILVR_PRECISION", "fp32")
+        yield
 
 
 @pytest.fixture(autouse=True)

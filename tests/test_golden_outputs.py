@@ -354,7 +354,7 @@ def run_train(r: Recorder) -> dict[str, Any]:
     code, _ = r.invoke(
         "train", "digits", "-o", "run", "-p", "tiny.json", "--steps", "4", "--batch-size", "2",
         "--seed", "1", "--ema", "0.5", "--save-every", "2", "--sample-every", "0", "--log-every", "1", "--workers", "0",
-        "--device", "cpu",
+        "--device", "cpu", "--precision", "fp32",
     )  # fmt: skip
     run = r.root / "run"
     losses = []

@@ -143,13 +143,14 @@ def test_cuda_under_torchrun_is_the_local_rank_wrapped_round(monkeypatch: pytest
         resolve_device("cuda:x")
 
 
-def test_autocast_dtype_is_cuda_only() -> None:
+def test_autocast_dtype_bf16_on_cpu_or_cuda_fp16_on_cuda_only() -> None:
     assert autocast_dtype("fp32", torch.device("cpu")) is None
     assert autocast_dtype("bf16", torch.device("cuda", 0)) is torch.bfloat16
     assert autocast_dtype("fp16", torch.device("cuda", 0)) is torch.float16
-    with pytest.raises(UsageError, match="needs a CUDA device"):
-        autocast_dtype("bf16", torch.device("cpu"))
-    with pytest.raises(UsageError, match="choose fp32, bf16 or fp16"):
+    assert autocast_dtype("bf16", torch.device("cpu")) is torch.bfloat16
+    with pytest.raises(UsageError, match="fp16 needs a CUDA device"):
+        autocast_dtype("fp16", torch.device("cpu"))
+    with pytest.raises(UsageError, match="choose auto, fp32, bf16 or fp16"):
         autocast_dtype("fp8", torch.device("cuda", 0))
 
 

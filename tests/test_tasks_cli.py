@@ -88,7 +88,7 @@ def test_partial_failure_exits_1_and_names_the_file(model: str, lr: Path, tmp_pa
     [
         (["--model", "ffhx"], "did you mean ffhq"),
         (["--factor", "3"], "--factor 3 does not divide the model size 32"),
-        (["--precision", "bf16", "--device", "cpu"], "needs a CUDA device"),
+        (["--precision", "fp16", "--device", "cpu"], "needs a CUDA device"),
         (["--range", "10:500"], "--range"),
         (["--steps", "ddim7x"], "--steps"),
     ],

@@ -62,7 +62,12 @@ def test_catalog_range_t_means_the_reference_codes_steps(tmp_path: Path, inputs:
     )
     assert plan.settings.factor == 32 and plan.settings.sources["factor"] is Origin.MODEL
     assert plan.settings.steps == "100" and plan.settings.sources["range"] is Origin.MODEL
-    assert plan.settings.to_dict()["sources"] == {"steps": "catalog", "factor": "catalog", "range": "catalog"}
+    assert plan.settings.to_dict()["sources"] == {
+        "steps": "catalog",
+        "factor": "catalog",
+        "range": "catalog",
+        "precision": "auto (ILVR_PRECISION=fp32)",  # tests/conftest.py pins what auto means
+    }
     schedule = Schedule.named("linear", 1000).respace("100")
     ours = conditioned_steps(schedule, plan.settings.t_range, "paper")
     assert ours == conditioned_steps(schedule, 20, "ilvr_adm")
@@ -84,7 +89,9 @@ def test_options_win_over_catalog_and_preset(tmp_path: Path, inputs: Path) -> No
         )
     )
     assert (plan.settings.factor, plan.settings.t_range, plan.settings.steps) == (64, (1000, 300), "50")
-    assert set(plan.settings.sources.values()) == {"option"}
+    assert {k: v for k, v in plan.settings.sources.items() if k != "precision"} == dict.fromkeys(
+        ("steps", "factor", "range"), "option"
+    )
 
 
 def test_a_path_model_uses_the_preset(model_path: Path, inputs: Path) -> None:
@@ -161,7 +168,7 @@ def test_default_output_is_beside_the_input(inputs: Path) -> None:
         ({"input": "nowhere/"}, UsageError, "does not exist"),
         ({"output": "IN"}, UsageError, "overwrite the inputs"),
         ({"steps": "abc"}, UsageError, "--steps abc"),
-        ({"precision": "bf16", "device": "cpu"}, UsageError, "needs a CUDA device"),
+        ({"precision": "fp16", "device": "cpu"}, UsageError, "needs a CUDA device"),
         ({"mask": Path("no-mask.png"), "task": "edit"}, UsageError, "--mask no-mask.png does not exist"),
     ],
 )

@@ -80,7 +80,7 @@ def test_errors_map_to_exit_codes(data: Path, preset: str, tmp_path: Path) -> No
     result = runner.invoke(app, ["train", str(empty), "-o", str(tmp_path / "r1"), "-p", preset, *FAST])
     assert result.exit_code == ExitCode.BAD_INPUT and "no image files" in result.output
     result = runner.invoke(
-        app, ["train", str(data), "-o", str(tmp_path / "r2"), "-p", preset, "--precision", "bf16", *FAST]
+        app, ["train", str(data), "-o", str(tmp_path / "r2"), "-p", preset, "--precision", "fp16", *FAST]
     )
     assert result.exit_code == ExitCode.USAGE and "needs a CUDA device" in result.output
     result = runner.invoke(app, ["train", str(data), "-o", str(tmp_path / "r3"), "-p", "nope"])

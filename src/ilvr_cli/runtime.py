@@ -37,13 +37,18 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = [
+    "NATIVE_BF16_FLAGS",
     "Ranks",
     "autocast_dtype",
+    "cpu_has_native_bf16",
+    "cpuinfo_has_native_bf16",
     "launched_by_torchrun",
     "on_glibc",
+    "place_network",
     "read_ranks",
     "request_huge_pages",
     "resolve_device",
+    "resolve_precision",
     "reuse_freed_memory",
     "tune_memory",
 ]
@@ -162,22 +167,94 @@ def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
     return device
 
 
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The network's autocast dtype for ``--precision`` (None for fp32); bf16 / fp16 autocast is CUDA only.
+#: Set to fp32 (bf16, fp16), it is what ``--precision auto`` means on every machine.
+PRECISION_VARIABLE = "ILVR_PRECISION"
+#: The CPU flags of native bf16 arithmetic (x86 AVX512-BF16 or AMX-BF16; Arm's BF16 extension).
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
 
-    The sampler's arithmetic (posterior, ILVR refinement) stays float32 whatever the precision.
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (then a bf16 network runs about twice as fast as fp32;
+    elsewhere bf16 is emulated and slower). torch's own CPU capability query where it has one, else the
+    flags of /proc/cpuinfo."""
+    import platform
+
+    import torch
+
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        names = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+        queries = [q for q in (getattr(torch.cpu, name, None) for name in names) if callable(q)]
+        if queries:
+            return any(bool(q()) for q in queries)
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            return cpuinfo_has_native_bf16(cpuinfo.read())
+    except OSError:
+        return False
+
+
+def cpuinfo_has_native_bf16(text: str) -> bool:
+    """Whether /proc/cpuinfo's ``flags`` (x86) or ``Features`` (Arm) lines list a native bf16 flag."""
+    flags = {
+        word
+        for line in text.splitlines()
+        if line.startswith(("flags", "Features"))
+        for word in line.partition(":")[2].split()
+    }
+    return any(flag in flags for flag in NATIVE_BF16_FLAGS)
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``--precision`` -> what runs: ``fp32``, ``bf16`` or ``fp16``.
+
+    ``auto`` (the default) is bf16 where the hardware computes it natively (a CPU with AVX512-BF16 / AMX /
+    Arm BF16, a CUDA device with bf16 support) and fp32 elsewhere (older CPUs emulate bf16 slowly; MPS);
+    ``ILVR_PRECISION=fp32`` (or bf16, fp16) makes ``auto`` mean that instead, on every machine.
+    An explicit ``bf16`` runs on any CPU or CUDA device; ``fp16`` on CUDA only.
     """
     import torch
 
-    dtypes = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-    if precision not in dtypes:
-        raise UsageError(f"--precision {precision!r}: choose fp32, bf16 or fp16")
-    dtype = dtypes[precision]
-    if dtype is not None and device.type != "cuda":
+    if precision == "auto" and os.environ.get(PRECISION_VARIABLE):
+        pinned = os.environ[PRECISION_VARIABLE]
+        if pinned not in ("fp32", "bf16", "fp16"):
+            raise UsageError(f"{PRECISION_VARIABLE}={pinned!r}: choose fp32, bf16 or fp16")
+        return resolve_precision(pinned, device)
+    if precision == "auto":
+        if device.type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+        return "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "fp32"
+    if precision not in ("fp32", "bf16", "fp16"):
+        raise UsageError(f"--precision {precision!r}: choose auto, fp32, bf16 or fp16")
+    if precision == "fp16" and device.type != "cuda":
         raise UsageError(
-            f"--precision {precision} needs a CUDA device (autocast); on {device.type} use --precision fp32"
+            f"--precision fp16 needs a CUDA device; on {device.type} use --precision bf16 or fp32"
         )
-    return dtype
+    if precision == "bf16" and device.type not in ("cuda", "cpu"):
+        raise UsageError(f"--precision bf16 runs on CUDA or the CPU; on {device.type} use --precision fp32")
+    return precision
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The network's reduced dtype for ``--precision`` (resolved first: see :func:`resolve_precision`), or
+    None for fp32. On CUDA the network runs under autocast; on the CPU in that dtype itself (bf16 weights:
+    measured faster than CPU autocast, docs/benchmarks.md). The schedule, posterior, noise and ILVR
+    refinement stay float32 whatever the precision."""
+    import torch
+
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[resolve_precision(precision, device)]
+
+
+def place_network(
+    network: torch.nn.Module, device: torch.device, dtype: torch.dtype | None
+) -> torch.nn.Module:
+    """The network on ``device`` in channels_last (oneDNN / cuDNN convolutions run faster in NHWC; same
+    math), and on the CPU with a reduced ``dtype``, its weights in that dtype (see :func:`autocast_dtype`)."""
+    import torch
+
+    network = network.to(device=device, memory_format=torch.channels_last)  # type: ignore[call-overload]
+    if dtype is not None and device.type == "cpu":
+        network = network.to(dtype=dtype)
+    return network
 
 
 # ---------------------------------------------------------------------------------------- rank / world

@@ -182,7 +182,12 @@ SeedOpt = Annotated[int, typer.Option("--seed", help="Run seed; each sample's no
 BatchOpt = Annotated[int, typer.Option("--batch-size", "-b", help="Samples per network call.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda (cuda:N) or mps.")]
 PrecisionOpt = Annotated[
-    Precision, typer.Option("--precision", help="Network autocast dtype; bf16/fp16 on CUDA only.")
+    Precision,
+    typer.Option(
+        "--precision",
+        help="The network's precision. auto: bf16 where the CPU or GPU computes it natively, else fp32; "
+        "bf16 (CPU or CUDA), fp16 (CUDA), fp32.",
+    ),
 ]
 SamplerOpt = Annotated[Sampler, typer.Option("--sampler", help="DDPM ancestral steps, or DDIM.")]
 EtaOpt = Annotated[float, typer.Option("--eta", help="DDIM noise (0 = deterministic given x_T).")]
@@ -220,7 +225,7 @@ TASK_PARAMETERS: tuple[inspect.Parameter, ...] = (
     _parameter("seed", SeedOpt, 0),
     _parameter("batch_size", BatchOpt, 4),
     _parameter("device", DeviceOpt, "auto"),
-    _parameter("precision", PrecisionOpt, "fp32"),
+    _parameter("precision", PrecisionOpt, "auto"),
     _parameter("method", SamplerOpt, "ddpm"),
     _parameter("eta", EtaOpt, 0.0),
     _parameter("fit", FitOpt, "none"),

@@ -52,10 +52,10 @@ def task_summary(result: TaskResult) -> None:
             soft_wrap=True,
         )
     settings = result.settings
-    if settings.get("factor") is not None or settings.get("range"):
+    if settings:
         pieces = [
             f"{key}={settings[key]} ({settings['sources'].get(key, '')})"
-            for key in ("factor", "range", "steps")
+            for key in ("factor", "range", "steps", "precision")
             if key in settings and settings[key] is not None
         ]
         out.print("[dim]" + escape("; ".join(pieces)) + "[/]", highlight=False, soft_wrap=True)
@@ -73,6 +73,7 @@ def train_result_dict(result: TrainResult) -> dict[str, Any]:
         "model": str(result.model_path),
         "state": str(result.state_path),
         "loss": result.last_loss,
+        "precision": result.precision,
         "images_per_s": round(result.images_per_s, 3),
         "seconds": round(result.elapsed_s, 3),
     }

@@ -190,7 +190,7 @@ class RichTrainProgress:
             self.progress.console.print(
                 f"[dim]{what} {escape(str(info.run_dir))}: {info.params / 1e6:.2f}M parameters, "
                 f"{info.num_images} images, global batch {info.global_batch} on {info.world_size} x "
-                f"{escape(info.device)}, steps {info.start_step}..{info.total_steps}[/]",
+                f"{escape(info.device)} ({info.precision}), steps {info.start_step}..{info.total_steps}[/]",
                 highlight=False,
                 soft_wrap=True,
             )

@@ -169,7 +169,7 @@ def train(
     ema: Annotated[float | None, typer.Option("--ema", help="EMA decay of the weights. \\[default: 0.9999]", show_default=False)] = None,
     ema_warmup: Annotated[bool | None, typer.Option("--ema-warmup/--no-ema-warmup", help="EMA decay min(decay, (1+n)/(10+n)) for short runs. \\[default: off]", show_default=False)] = None,
     grad_clip: Annotated[float | None, typer.Option("--grad-clip", help="Clip the gradient norm to this value.", show_default=False)] = None,
-    precision: Annotated[Precision | None, typer.Option("--precision", help="bf16/fp16 autocast (CUDA only). \\[default: fp32]", show_default=False)] = None,
+    precision: Annotated[Precision | None, typer.Option("--precision", help="auto: bf16 autocast where the CPU or GPU computes bf16 natively, else fp32; or fp32, bf16, fp16 (CUDA). \\[default: auto]", show_default=False)] = None,
     learn_sigma: Annotated[bool | None, typer.Option("--learn-sigma/--no-learn-sigma", help="Learn the variance with the hybrid loss. \\[default: the preset's]", show_default=False)] = None,
     p2_gamma: Annotated[float | None, typer.Option("--p2-gamma", help="P2 weighting exponent (0 = off; the P2 paper uses 1). \\[default: 0]", show_default=False)] = None,
     p2_k: Annotated[float | None, typer.Option("--p2-k", help="P2 weighting offset k. \\[default: 1]", show_default=False)] = None,

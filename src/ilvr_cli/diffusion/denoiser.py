@@ -155,16 +155,27 @@ class Denoiser:
         # new_ts.float() * (1000.0 / original_num_steps), in float32 as guided-diffusion computes it.
         return float(np.float32(t) * np.float32(1000.0 / self.schedule.original_num_steps))
 
+    def _weights_dtype(self) -> torch.dtype | None:
+        parameter = next(iter(getattr(self.network, "parameters", lambda: iter(()))()), None)
+        return None if parameter is None else parameter.dtype
+
     def _autocast(self, x: torch.Tensor) -> contextlib.AbstractContextManager:
-        if self.autocast_dtype is None or x.device.type != "cuda":
+        if self.autocast_dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(device_type="cuda", dtype=self.autocast_dtype)
+        return torch.autocast(device_type=x.device.type, dtype=self.autocast_dtype)
 
     def model_output(self, x: torch.Tensor, i: int) -> torch.Tensor:
-        """The raw network output at respaced index ``i`` for the batch ``x`` (all samples at step i)."""
+        """The raw network output at respaced index ``i`` for the batch ``x`` (all samples at step i).
+
+        With ``autocast_dtype``: a network whose weights are in that dtype (the CPU path,
+        :func:`ilvr_cli.runtime.place_network`) gets ``x`` in that dtype; any other runs under autocast.
+        The caller's arithmetic on the output is float32 (:func:`~ilvr_cli.diffusion.posterior.p_mean_variance`).
+        """
         t = self.network_time(i)
         dtype = torch.float32 if self.rescale_timesteps else torch.int64
         timesteps = torch.full((x.shape[0],), t, dtype=dtype, device=x.device)
+        if self.autocast_dtype is not None and self._weights_dtype() == self.autocast_dtype:
+            return self.network(x.to(self.autocast_dtype), timesteps)
         with self._autocast(x):
             return self.network(x, timesteps)
 

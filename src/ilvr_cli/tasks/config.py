@@ -19,7 +19,7 @@ from ilvr_cli.errors import UsageError
 
 TaskName = Literal["upscale", "translate", "edit", "paint2img", "sample"]
 FitPolicy = Literal["none", "crop", "resize", "pad"]
-Precision = Literal["fp32", "bf16", "fp16"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
 Method = Literal["ddpm", "ddim"]
 KernelName = Literal["cubic", "linear", "lanczos2", "lanczos3"]
 
@@ -78,7 +78,9 @@ class TaskConfig:
     seed: int = 0
     batch_size: int = 4
     device: str = "auto"
-    precision: Precision = "fp32"
+    #: The network's precision: ``auto`` is bf16 where the hardware computes it natively, else fp32
+    #: (:func:`ilvr_cli.runtime.resolve_precision`).
+    precision: Precision = "auto"
     method: Method = "ddpm"
     eta: float = 0.0
     overwrite: bool = False

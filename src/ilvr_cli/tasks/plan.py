@@ -23,7 +23,7 @@ from ilvr_cli.errors import InputError, UsageError
 from ilvr_cli.io.manifest import MANIFEST_NAME
 from ilvr_cli.io.scan import InputItem, InputSet, glob_root, is_glob, scan_inputs
 from ilvr_cli.registry.handle import ModelHandle, open_model
-from ilvr_cli.runtime import autocast_dtype, resolve_device
+from ilvr_cli.runtime import autocast_dtype, resolve_device, resolve_precision
 from ilvr_cli.tasks.config import TaskConfig
 from ilvr_cli.tasks.distributed import dist_info
 from ilvr_cli.tasks.presets import preset
@@ -34,6 +34,7 @@ from ilvr_cli.tasks.settings import (
     input_factors,
     recipe,
     resolve_settings,
+    with_precision,
 )
 
 
@@ -208,7 +209,9 @@ def plan_task(config: TaskConfig, model: ModelHandle | None = None) -> TaskPlan:
     model = model or open_task_model(config)
     settings = resolve_settings(config, model)
     device = resolve_device(config.device, dist_info().local_rank)
-    autocast = autocast_dtype(config.precision, device)
+    precision = resolve_precision(config.precision, device)
+    settings = with_precision(settings, config.precision, precision, device.type)
+    autocast = autocast_dtype(precision, device)
     units = build_units(config, inputs)
     factors, from_input = input_factors(config, inputs, model, settings)
     return TaskPlan(config, inputs, output, model, settings, units, device, autocast, factors, from_input)

@@ -23,6 +23,7 @@ from ilvr_cli.errors import IlvrError, UsageError
 from ilvr_cli.io.scan import GRID_DIR
 from ilvr_cli.io.write import to_uint8
 from ilvr_cli.registry.handle import ModelHandle
+from ilvr_cli.runtime import place_network
 from ilvr_cli.tasks.conditioning import Batch, Conditioning
 from ilvr_cli.tasks.config import TaskConfig
 from ilvr_cli.tasks.distributed import (
@@ -178,9 +179,8 @@ class _Run:
             )
         check_rgb(model)
         assert model.image_size is not None
-        if hasattr(network, "to"):
-            # channels_last: oneDNN / cuDNN convolutions run faster in NHWC (docs/benchmarks.md); same math.
-            network = network.to(self.plan.device, memory_format=torch.channels_last)
+        if hasattr(network, "to"):  # on the device in channels_last; on the CPU in bf16 when that runs
+            network = place_network(network, self.plan.device, self.plan.autocast)
         self.size = model.image_size
         self.conditioning = Conditioning(self.config, self.settings, self.size)
         self.denoiser = Denoiser.from_loaded(

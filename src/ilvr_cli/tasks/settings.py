@@ -34,6 +34,7 @@ class Origin(str, Enum):
     MODEL = "catalog"  #: the model's suggestion (its catalog entry's defaults)
     PRESET = "preset"  #: the task preset (docs/tasks.md, "Defaults and why")
     INPUT = "input"  #: derived from the input (upscale: model size / input size)
+    HARDWARE = "auto"  #: chosen for this machine (``--precision auto``: bf16 where it is native)
 
 
 #: What ``upscale`` adds to a default N: it holds for model-size references only.
@@ -50,6 +51,8 @@ class Settings:
     steps: str
     sources: Mapping[str, Origin] = field(default_factory=dict)
     notes: Mapping[str, str] = field(default_factory=dict)
+    #: What the network runs in: fp32, bf16 or fp16 (``--precision``, resolved for the device).
+    precision: str = "fp32"
 
     def source_text(self, key: str) -> str:
         """``origin`` or ``origin (note)``, as summaries print it."""
@@ -61,6 +64,7 @@ class Settings:
             "factor": self.factor,
             "range": list(self.t_range) if self.t_range else None,
             "steps": self.steps,
+            "precision": self.precision,
             "sources": {key: self.source_text(key) for key in self.sources},
         }
 
@@ -134,6 +138,24 @@ def resolve_settings(config: TaskConfig, model: ModelHandle) -> Settings:
     return Settings(factor, t_range, steps, sources, notes)
 
 
+def with_precision(settings: Settings, requested: str, resolved: str, device_type: str) -> Settings:
+    """``settings`` with the network precision that runs (``resolved`` from ``requested``) and its origin:
+    the option, or for ``auto`` this machine (a note says why)."""
+    import dataclasses
+
+    sources, notes = dict(settings.sources), dict(settings.notes)
+    if requested == "auto":
+        import os
+
+        sources["precision"] = Origin.HARDWARE
+        pinned = os.environ.get("ILVR_PRECISION")
+        native = "native bf16 here" if resolved == "bf16" else f"no native bf16 on this {device_type}"
+        notes["precision"] = f"ILVR_PRECISION={pinned}" if pinned else native
+    else:
+        sources["precision"] = Origin.OPTION
+    return dataclasses.replace(settings, precision=resolved, sources=sources, notes=notes)
+
+
 def input_factors(
     config: TaskConfig, inputs: InputSet | None, model: ModelHandle, settings: Settings
 ) -> tuple[dict[str, int], frozenset[str]]:
@@ -189,7 +211,7 @@ def recipe(
         "range": list(settings.t_range) if conditioned and settings.t_range else None,
         "sampler": config.method,
         "eta": config.eta if config.method == "ddim" else None,
-        "precision": config.precision,
+        "precision": settings.precision,
         "device": device.type,
         "fit": config.fit if conditioned else None,
     }

@@ -18,7 +18,7 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from ilvr_cli.config import DEFAULT_CHANNEL_MULT, DiffusionConfig, UNetConfig, VarianceType
 from ilvr_cli.errors import IlvrError, UsageError
@@ -34,8 +34,8 @@ __all__ = [
 ]
 
 PRESETS: tuple[str, ...] = ("ddpm", "adm-small")
-Precision = Literal["fp32", "bf16", "fp16"]
-PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+PRECISIONS: tuple[str, ...] = get_args(Precision)
 
 #: Options a resumed run may change; every other option is fixed by the run's saved config.
 RESUMABLE_FIELDS = frozenset(
@@ -162,7 +162,9 @@ class TrainConfig:
     ema_warmup: bool = False
     steps: int = 100_000
     grad_clip: float | None = None
-    precision: Precision = "fp32"
+    #: ``auto``: bf16 autocast where the hardware computes bf16 natively, else fp32
+    #: (:func:`ilvr_cli.runtime.resolve_precision`).
+    precision: Precision = "auto"
     workers: int = 2
     seed: int = 0
     flip: bool = True

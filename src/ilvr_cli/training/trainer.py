@@ -29,7 +29,7 @@ from ilvr_cli.diffusion.schedule import Schedule
 from ilvr_cli.errors import CheckpointError, UsageError
 from ilvr_cli.models.checkpoints import save_native
 from ilvr_cli.models.unet import UNet
-from ilvr_cli.runtime import autocast_dtype
+from ilvr_cli.runtime import autocast_dtype, resolve_precision
 from ilvr_cli.training.data import (
     DataOrder,
     ImageFolder,
@@ -85,6 +85,8 @@ class RunInfo:
     world_size: int
     device: str
     resumed: bool
+    #: What the forward runs in: fp32, bf16 or fp16.
+    precision: str = "fp32"
 
 
 @dataclass(frozen=True)
@@ -113,6 +115,8 @@ class TrainResult:
     elapsed_s: float
     images_per_s: float
     last_loss: float | None
+    #: What the forward ran in: fp32, bf16 or fp16.
+    precision: str = "fp32"
 
 
 class TrainProgress(Protocol):
@@ -214,7 +218,9 @@ class _Trainer:
             )
         if c.sample_every and c.sample_count:
             Schedule.from_config(c.diffusion).respace(c.sample_steps)  # a bad --sample-steps fails now
-        self.autocast = autocast_dtype(c.precision, self.device)  # the tasks' rule: bf16/fp16 on CUDA only
+        #: What the forward runs in (the tasks' rule; ``auto``: bf16 where native): autocast, fp32 weights.
+        self.precision = resolve_precision(c.precision, self.device)
+        self.autocast = autocast_dtype(self.precision, self.device)
 
     def _build(self, load_init: bool) -> None:
         c = self.config
@@ -232,7 +238,7 @@ class _Trainer:
         self.model = model.to(self.device, memory_format=memory).train()  # type: ignore[call-overload]  # Module.to takes both; its stubs' overloads don't
         self.ema = EMA(self.model, c.ema_decay, c.ema_warmup)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=c.lr, weight_decay=c.weight_decay)
-        self.scaler = _grad_scaler() if c.precision == "fp16" else None
+        self.scaler = _grad_scaler() if self.precision == "fp16" else None
         self.noise = torch.Generator(device=self.device).manual_seed(derive_seed(c.seed, "noise"))
         torch.manual_seed(derive_seed(c.seed, "dropout", self.ctx.rank))
 
@@ -451,12 +457,13 @@ class _Trainer:
         self.progress.start(
             RunInfo(self.run_dir, self.step, c.steps, self.order.num_images,
                     sum(p.numel() for p in self.model.parameters()), c.batch_size, self.ctx.world_size,
-                    str(self.device), resume)
+                    str(self.device), resume, self.precision)
         )  # fmt: skip
         stopped = self._loop(network)
         result = TrainResult(
             self.run_dir, self.step, c.steps, stopped, self.run_dir / MODEL_NAME, self.run_dir / EMA_NAME,
             self.run_dir / STATE_NAME, self.elapsed_before + self._run_time(), self._images_per_s(), self._smoothed,
+            self.precision,
         )  # fmt: skip
         self.progress.finish(result)
         return result
