@@ -176,6 +176,13 @@ def main() -> None:
         help="skip ilvr_cli.runtime's memory settings (huge pages, freed-memory reuse)",
     )
     parser.add_argument("--factor", type=int, default=8, help="ILVR down-sampling factor N")
+    parser.add_argument(
+        "--compile",
+        nargs="?",
+        const="default",
+        choices=("default", "max-autotune", "max-autotune-no-cudagraphs", "reduce-overhead"),
+        help="torch.compile each network in this mode (reduce-overhead and max-autotune capture CUDA graphs)",
+    )
     args = parser.parse_args()
 
     device = torch.device(args.device)
@@ -193,6 +200,14 @@ def main() -> None:
     with FlopCounterMode(display=False) as counter:
         first.forward()
     flops = counter.get_total_flops()
+    if args.compile:  # FLOPs were counted eagerly; every timed call below goes through the compiled graph
+        mode = None if args.compile == "default" else args.compile
+        for v in variants.values():
+            v.denoiser.network = torch.compile(v.network, mode=mode)
+            started = time.perf_counter()
+            v.forward()
+            _sync(device)
+            print(f"compile {v.precision:<9} {time.perf_counter() - started:.1f} s (mode {args.compile})")
     size = config.image_size
     keys, x = first.keys, first.x
     schedule = first.denoiser.schedule
@@ -215,8 +230,9 @@ def main() -> None:
     own_s = timed(free_steps(()), device, args.repeats) / 20
     own_ilvr_s = timed(free_steps((hook,)), device, args.repeats) / 20
     fns: dict[str, Callable[[], object]] = {}
+    matmul_size = 8192 if device.type == "cuda" else MATMUL_SIZE  # a 2048^2 GPU matmul is launch-bound
     for p, v in variants.items():
-        fns[f"matmul {p}"] = square_matmul(device, v.dtype or torch.float32)
+        fns[f"matmul {p}"] = square_matmul(device, v.dtype or torch.float32, matmul_size)
         fns[f"forward {p}"] = v.forward
         fns[f"step {p}"] = v.step(())
         fns[f"ilvr {p}"] = v.step((v.hook,))
@@ -246,9 +262,9 @@ def main() -> None:
     print(f"forward FLOPs     {flops / 1e9:.1f} GFLOP")
     for p in precisions:
         forward_s, step_s, ilvr_s = times[f"forward {p}"], times[f"step {p}"], times[f"ilvr {p}"]
-        peak = 2 * MATMUL_SIZE**3 / times[f"matmul {p}"]
+        peak = 2 * matmul_size**3 / times[f"matmul {p}"]
         print(f"--- {p}")
-        print(f"matmul peak       {peak / 1e9:.1f} GFLOP/s ({p} {MATMUL_SIZE}x{MATMUL_SIZE})")
+        print(f"matmul peak       {peak / 1e9:.1f} GFLOP/s ({p} {matmul_size}x{matmul_size})")
         print(
             f"bare forward      {forward_s:.4f} s  ({flops / forward_s / 1e9:.1f} GFLOP/s, "
             f"{100 * flops / forward_s / peak:.0f}% of {p} matmul peak; {args.batch / forward_s:.2f} images/s)"

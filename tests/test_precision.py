@@ -124,3 +124,23 @@ def test_training_runs_bf16_autocast_on_the_cpu(tmp_path: Path) -> None:
     result = train(tiny_config(data, tmp_path / "run", steps=2, precision="bf16"))
     assert result.precision == "bf16"
     assert (tmp_path / "run" / "ema.safetensors").is_file()
+
+
+def test_the_cpu_bf16_group_norm_equals_the_float32_round_trip() -> None:
+    """GroupNorm32 sends a CPU bf16 activation to the mixed-dtype kernel: the same bits as computing in
+    float32 and casting back (guided-diffusion's GroupNorm32), without the two copies."""
+    from ilvr_cli.models.unet import GroupNorm32
+
+    torch.manual_seed(0)
+    norm = GroupNorm32(8, 64)
+    with torch.no_grad():
+        norm.weight.normal_()
+        norm.bias.normal_()
+    x = (torch.randn(2, 64, 16, 16) * 3 + 1).to(torch.bfloat16).to(memory_format=torch.channels_last)
+    fast = norm(x)
+    slow = torch.nn.functional.group_norm(x.float(), 8, norm.weight, norm.bias, norm.eps).to(torch.bfloat16)
+    assert fast.dtype == torch.bfloat16
+    torch.testing.assert_close(fast, slow, rtol=0, atol=0)
+    scale, shift = torch.randn(1, 64, 1, 1), torch.randn(1, 64, 1, 1)
+    folded = norm.modulated(x[:1], scale.to(torch.bfloat16), shift.to(torch.bfloat16))
+    assert folded.dtype == torch.bfloat16 and bool(torch.isfinite(folded).all())

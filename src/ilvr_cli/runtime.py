@@ -42,6 +42,7 @@ __all__ = [
     "autocast_dtype",
     "cpu_has_native_bf16",
     "cpuinfo_has_native_bf16",
+    "cuda_has_native_bf16",
     "launched_by_torchrun",
     "on_glibc",
     "place_network",
@@ -193,6 +194,17 @@ def cpu_has_native_bf16() -> bool:
         return False
 
 
+def cuda_has_native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` has bf16 tensor cores (compute capability 8.0, Ampere, or newer; ROCm's bf16 GPUs).
+    Not ``torch.cuda.is_bf16_supported()``: that asks about the current device, and by default counts the
+    emulated bf16 of older cards (V100, T4), where bf16 runs slower than fp32."""
+    import torch
+
+    if torch.version.hip:
+        return True
+    return torch.cuda.get_device_capability(device)[0] >= 8
+
+
 def cpuinfo_has_native_bf16(text: str) -> bool:
     """Whether /proc/cpuinfo's ``flags`` (x86) or ``Features`` (Arm) lines list a native bf16 flag."""
     flags = {
@@ -212,7 +224,6 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     ``ILVR_PRECISION=fp32`` (or bf16, fp16) makes ``auto`` mean that instead, on every machine.
     An explicit ``bf16`` runs on any CPU or CUDA device; ``fp16`` on CUDA only.
     """
-    import torch
 
     if precision == "auto" and os.environ.get(PRECISION_VARIABLE):
         pinned = os.environ[PRECISION_VARIABLE]
@@ -221,7 +232,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
         return resolve_precision(pinned, device)
     if precision == "auto":
         if device.type == "cuda":
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+            return "bf16" if cuda_has_native_bf16(device) else "fp32"
         return "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "fp32"
     if precision not in ("fp32", "bf16", "fp16"):
         raise UsageError(f"--precision {precision!r}: choose auto, fp32, bf16 or fp16")
