@@ -15,7 +15,7 @@ export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 
 [ -d "$DATA_DIR" ] || "$PY" scripts/export_digits.py "$DATA_DIR"
 time "$PY" -m ilvr_cli train "$DATA_DIR" "$RUN_DIR" \
-  --preset scripts/demo_model.json --seed 0 --max-steps 2500 --batch-size 32 --lr 5e-4 \
+  --preset scripts/demo_model.json --seed 0 --max-steps 2500 --batch-size 32 --lr 5e-4 --precision fp32 \
   --ema 0.999 --ema-warmup --grad-clip 1.0 --no-flip --workers 0 \
   --save-every 250 --keep-every 250 --grid-images 16 --sample-steps 50 --log-every 25
 
