@@ -41,8 +41,9 @@ class GroupNorm32(nn.GroupNorm):
         """GroupNorm of ``x`` in float32 with a float32 per-channel affine, cast back to ``x.dtype``.
 
         A bf16 ``x`` on the CPU goes to the mixed-dtype kernel (bf16 data, float32 affine, float32
-        statistics), which gives the same bits as the cast round trip without its two copies of the
-        activation (3.3x faster on a 128x256x256 activation; tests/test_unet_parity.py checks equality)."""
+        statistics): the same bits as the cast round trip for channels_last activations (as ``ilvr`` runs
+        them; a contiguous one may differ by one bf16 step in a few values), without its two copies of the
+        activation (3.3x faster on a 128x256x256 activation; tests/test_precision.py)."""
         if x.dtype == torch.bfloat16 and x.device.type == "cpu":
             return F.group_norm(x, self.num_groups, weight, bias, self.eps)
         return F.group_norm(x.float(), self.num_groups, weight, bias, self.eps).to(x.dtype)
