@@ -33,7 +33,7 @@ from PIL import Image, ImageOps
 
 from ilvr_cli.errors import IlvrError, InputError, UsageError
 from ilvr_cli.io.files import DECODE_ERRORS
-from ilvr_cli.io.load import DEFAULT_MAX_PIXELS, open_header
+from ilvr_cli.io.load import DEFAULT_MAX_PIXELS, open_decoded
 from ilvr_cli.registry.handle import ModelHandle
 from ilvr_cli.tasks.config import FitPolicy, KernelName, Method, Precision, TaskConfig, TaskName, parse_range
 from ilvr_cli.tasks.presets import preset
@@ -165,23 +165,12 @@ def _png_ready(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def _open_path(path: Path, max_pixels: int) -> Image.Image:
-    """Read a file with the command's checks (regular file, supported format, pixel limit, decodable)."""
-    image = open_header(path, max_pixels)
-    try:
-        image.load()
-    except DECODE_ERRORS as error:
-        image.close()
-        raise InputError(f"{path}: truncated or corrupt image data ({error})") from None
-    return image
-
-
 def _write_image(source: _Source, target: Path, max_pixels: int) -> None:
     """``source`` as a PNG at ``target``, holding the pixels the command would read from it."""
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
         if isinstance(source.value, Path):
-            with _open_path(source.value, max_pixels) as image:
+            with open_decoded(source.value, max_pixels) as image:
                 _png_ready(_upright(image)).save(target, "PNG")
         else:
             source.value.load()

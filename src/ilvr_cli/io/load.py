@@ -82,12 +82,16 @@ def open_header(
     return image
 
 
-def _open(path: Path, max_pixels: int) -> Image.Image:
-    """Open (header checks of :func:`open_header`), then decode."""
-    image = open_header(path, max_pixels)
+def open_decoded(
+    path: Path, max_pixels: int, formats: frozenset[str] | None = SUPPORTED_FORMATS
+) -> Image.Image:
+    """Open with :func:`open_header`'s checks, then decode; truncated or corrupt data is an InputError
+    (the image is closed). The tasks, the Python API and the metrics read files through it."""
+    image = open_header(path, max_pixels, formats)
     try:
         image.load()
     except DECODE_ERRORS as error:
+        image.close()
         raise InputError(f"{path}: truncated or corrupt image data ({error})") from None
     return image
 
@@ -163,7 +167,7 @@ def load_image(
     p = Path(path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Pillow's own bomb and palette warnings: we check for ourselves
-        image = _open(p, max_pixels)
+        image = open_decoded(p, max_pixels)
         try:
             source_mode, source_format = image.mode, str(image.format)
             try:

@@ -17,7 +17,7 @@ from PIL import Image
 
 from ilvr_cli.errors import InputError, UsageError
 from ilvr_cli.io.files import DECODE_ERRORS, check_regular_file, not_regular_file
-from ilvr_cli.io.load import DEFAULT_MAX_PIXELS, open_header
+from ilvr_cli.io.load import DEFAULT_MAX_PIXELS, open_decoded
 from ilvr_cli.io.scan import GRID_DIR, IMAGE_EXTENSIONS, InputItem, scan_inputs
 
 __all__ = [
@@ -74,17 +74,6 @@ def list_images(folder: Path) -> list[Path]:
     return [item.path for item in scan_folder(folder).images]
 
 
-def _open(path: Path, max_pixels: int) -> Image.Image:
-    """Open with the tasks' header checks (any format Pillow reads), then decode; failures are InputErrors."""
-    image = open_header(path, max_pixels, formats=None)
-    try:
-        image.load()
-    except DECODE_ERRORS as error:
-        image.close()
-        raise InputError(f"{path}: truncated or corrupt image data ({error})") from None
-    return image
-
-
 def _convert(image: Image.Image, mode: str, path: Path) -> np.ndarray:
     try:
         return np.array(image if image.mode == mode else image.convert(mode))
@@ -100,7 +89,7 @@ def load_rgb(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     Images over ``max_pixels`` are refused from their header, before anything is decoded.
     """
     path = Path(path)
-    return _convert(_open(path, max_pixels), "RGB", path)
+    return _convert(open_decoded(path, max_pixels, formats=None), "RGB", path)
 
 
 def load_rgb_or_gray(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
@@ -109,7 +98,7 @@ def load_rgb_or_gray(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nda
     MATLAB's ``imread`` keeps a grey image grey, so NIQE must not turn it into RGB and back.
     """
     path = Path(path)
-    image = _open(path, max_pixels)
+    image = open_decoded(path, max_pixels, formats=None)
     return _convert(image, "L" if image.mode == "L" else "RGB", path)
 
 
