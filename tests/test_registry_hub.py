@@ -442,5 +442,5 @@ def test_a_progress_without_announce_gets_a_note(server: FakeServer, payload: by
     progress = Older()
     get(FileSpec("w.pt", (Source(url=server.url("/w.pt")),)), tmp_path, progress=progress, allow_local=True)  # type: ignore[arg-type]
     assert progress.notes == [
-        f"downloading m/w.pt (10.2 kB) from {server.url('/w.pt')} to {target(tmp_path)}"
+        f"downloading m: w.pt (10.2 kB) from {server.url('/w.pt')} to {target(tmp_path)}"
     ]

@@ -36,7 +36,6 @@ from ilvr_cli.io.files import DECODE_ERRORS
 from ilvr_cli.io.load import DEFAULT_MAX_PIXELS, open_decoded
 from ilvr_cli.registry.handle import ModelHandle
 from ilvr_cli.tasks.config import FitPolicy, KernelName, Method, Precision, TaskConfig, TaskName, parse_range
-from ilvr_cli.tasks.presets import preset
 
 if TYPE_CHECKING:
     from ilvr_cli.models.checkpoints import LoadedModel
@@ -210,10 +209,11 @@ def _write_masks(mask: Any, count: int, root: Path, max_pixels: int) -> Path | N
 
 
 # ---------------------------------------------------------------------------------------------- model
-def _model(model: ModelArg, task: TaskName) -> tuple[str, ModelHandle | None]:
-    """(the name recorded in the outputs, the handle to run with, or None to open the name)."""
+def _model(model: ModelArg) -> tuple[str | None, ModelHandle | None]:
+    """(``TaskConfig.model``: None for the task's default model, which the plan opens; the handle to run
+    with, or None to open the name)."""
     if model is None:
-        return preset(task).default_model, None
+        return None, None
     if isinstance(model, ModelHandle):
         return model.name, model
     if isinstance(model, (str, os.PathLike)):
@@ -337,7 +337,7 @@ def _run(
         options["steps"] = str(options["steps"])
     max_pixels = options.get("max_pixels", DEFAULT_MAX_PIXELS)
     sources = [] if images is None else _sources(images)
-    name, handle = _model(model, task)
+    name, handle = _model(model)
     with tempfile.TemporaryDirectory(prefix="ilvr-api-") as tmp:
         root = Path(tmp)
         messages = _Messages(root, sources)

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "NATIVE_BF16_FLAGS",
+    "PRECISION_VARIABLE",
     "Ranks",
     "autocast_dtype",
     "cpu_has_native_bf16",
@@ -45,6 +46,7 @@ __all__ = [
     "cuda_has_native_bf16",
     "launched_by_torchrun",
     "on_glibc",
+    "pinned_precision",
     "place_network",
     "read_ranks",
     "request_huge_pages",
@@ -216,6 +218,11 @@ def cpuinfo_has_native_bf16(text: str) -> bool:
     return any(flag in flags for flag in NATIVE_BF16_FLAGS)
 
 
+def pinned_precision() -> str | None:
+    """What ``ILVR_PRECISION`` makes ``--precision auto`` mean (None when it is not set)."""
+    return os.environ.get(PRECISION_VARIABLE) or None
+
+
 def resolve_precision(precision: str, device: torch.device) -> str:
     """``--precision`` -> what runs: ``fp32``, ``bf16`` or ``fp16``.
 
@@ -225,8 +232,8 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     An explicit ``bf16`` runs on any CPU or CUDA device; ``fp16`` on CUDA only.
     """
 
-    if precision == "auto" and os.environ.get(PRECISION_VARIABLE):
-        pinned = os.environ[PRECISION_VARIABLE]
+    pinned = pinned_precision()
+    if precision == "auto" and pinned:
         if pinned not in ("fp32", "bf16", "fp16"):
             raise UsageError(f"{PRECISION_VARIABLE}={pinned!r}: choose fp32, bf16 or fp16")
         return resolve_precision(pinned, device)

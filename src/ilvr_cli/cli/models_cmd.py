@@ -18,7 +18,7 @@ from ilvr_cli.cli import models_view as view
 from ilvr_cli.cli.common import err, handle_errors, out
 from ilvr_cli.cli.exit_codes import ExitCode
 from ilvr_cli.cli.options import CacheDirOpt, CatalogNameArg, CatalogNamesArg, JsonOpt, QuietOpt, examples
-from ilvr_cli.cli.progress import RichDownloadProgress
+from ilvr_cli.cli.progress import RichDownloadProgress, format_size
 from ilvr_cli.cli.render import print_json
 from ilvr_cli.errors import CheckpointError, UsageError
 
@@ -186,7 +186,7 @@ def rm(
     freed: dict[str, int] = {}
     for name in names:
         freed[name] = remove_model(name, cache_dir, forget=forget)
-        said = f"{escape(name)}: removed ({view.format_bytes(freed[name])} freed)"
+        said = f"{escape(name)}: removed ({format_size(freed[name])} freed)"
         if forget:
             said += ", first-use sha256 records (if any) forgotten"
             said += ", entry dropped from your catalog" if origins[name] == "user" else ""

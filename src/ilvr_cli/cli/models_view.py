@@ -10,20 +10,16 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from ilvr_cli.cli.progress import format_size
+
 if TYPE_CHECKING:
     from ilvr_cli.registry.catalog import ModelSpec
     from ilvr_cli.registry.manage import FileCheck, FileInfo, ModelStatus
 
 
-def format_bytes(n: float | None) -> str:
-    from ilvr_cli.registry.download import format_bytes as registry_format
-
-    return registry_format(n)
-
-
 def size_text(spec: ModelSpec) -> str:
     size, exact = spec.download_size
-    return "?" if size is None else ("" if exact else "~") + format_bytes(size)
+    return "?" if size is None else ("" if exact else "~") + format_size(size)
 
 
 def state_text(status: ModelStatus) -> str:
@@ -32,7 +28,7 @@ def state_text(status: ModelStatus) -> str:
         "builtin": "[green]built-in[/]",
         "ready": "[green]yes[/]",
         "downloaded": "[yellow]downloaded[/] (converts on first use)",
-        "partial": f"[yellow]partial[/] ({format_bytes(status.bytes_on_disk)})",
+        "partial": f"[yellow]partial[/] ({format_size(status.bytes_on_disk)})",
         "missing": "no",
     }[status.state]
 
@@ -119,9 +115,9 @@ def info_rows(spec: ModelSpec, status: ModelStatus, files: Sequence[FileInfo]) -
     if status.path:
         rows.append(("path", str(status.path)))
     if status.bytes_on_disk:
-        rows.append(("on disk", format_bytes(status.bytes_on_disk)))
+        rows.append(("on disk", format_size(status.bytes_on_disk)))
     for f in files:
-        size = format_bytes(f.size) if f.size is not None else "~" + format_bytes(f.approx_size)
+        size = format_size(f.size) if f.size is not None else "~" + format_size(f.approx_size)
         sha = {
             "published": f"{f.sha256} (published)",
             "first-use": f"{f.sha256} (recorded on first download)",

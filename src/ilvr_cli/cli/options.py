@@ -112,10 +112,16 @@ def complete_model_names(incomplete: str) -> list[str]:
     return [name for name in names if name.startswith(incomplete)]
 
 
-ModelOpt = Annotated[
-    str | None,
-    typer.Option("--model", "-m", help=MODEL_HELP, show_default=False, autocompletion=complete_model_names),
-]
+def model_option(help: str = MODEL_HELP) -> Any:
+    """``--model`` / ``-m`` (a catalog name, a checkpoint file or a diffusers folder), completed from the
+    catalog; ``help`` says what it defaults to where a command has a default."""
+    return Annotated[
+        str | None,
+        typer.Option("--model", "-m", help=help, show_default=False, autocompletion=complete_model_names),
+    ]
+
+
+ModelOpt = model_option()
 #: A catalog name argument (``ilvr models info NAME``), completed from the catalog.
 CatalogNameArg = Annotated[str, typer.Argument(help="A catalog name.", autocompletion=complete_model_names)]
 CatalogNamesArg = Annotated[
@@ -128,17 +134,7 @@ def task_model_option(task: str) -> Any:
     """``--model`` with the task's default model named in its help."""
     from ilvr_cli.tasks.presets import preset
 
-    default = preset(task).default_model
-    return Annotated[
-        str | None,
-        typer.Option(
-            "--model",
-            "-m",
-            help=f"{MODEL_HELP} Default: {default}.",
-            show_default=False,
-            autocompletion=complete_model_names,
-        ),
-    ]
+    return model_option(f"{MODEL_HELP} Default: {preset(task).default_model}.")
 
 
 MaskOpt = Annotated[

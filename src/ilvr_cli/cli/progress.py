@@ -42,11 +42,19 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
-def format_size(n: float) -> str:
-    """Bytes as a human-readable size (the registry's format)."""
-    from ilvr_cli.registry.download import format_bytes
+def format_size(n: float | None) -> str:
+    """Bytes as a human-readable size (the registry's format; imported on use: the registry package is
+    not needed to draw other progress)."""
+    from ilvr_cli.registry.progress import format_bytes
 
     return format_bytes(n)
+
+
+def announce_line(model: str, file_name: str, size: int | None, source: str, target: Path) -> str:
+    """The registry's one-line announcement of a first download (what, how big, from where, to where)."""
+    from ilvr_cli.registry.progress import announce_line as registry_line
+
+    return registry_line(model, file_name, size, source, target)
 
 
 class PlainTicker:
@@ -65,14 +73,19 @@ class PlainTicker:
     ) -> None:
         self.label, self.total, self.show, self.every_s, self.clock = label, total, show, every_s, clock
         self.started = self.last = clock()
-        self.start_done = start
+        self.start_done = self.done = start
         self.tenth = self._tenth(start)
 
     def _tenth(self, done: float) -> int:
         return int(10 * done / self.total) if self.total else 0
 
+    def advance(self, count: float = 1, detail: str = "") -> None:
+        """``count`` more units done (:meth:`update` with the running total)."""
+        self.update(self.done + count, detail)
+
     def update(self, done: float, detail: str = "") -> None:
         """Report ``done`` units; prints a line when a new tenth is reached or ``every_s`` has passed."""
+        self.done = done
         now, tenth = self.clock(), self._tenth(done)
         if tenth <= self.tenth and now - self.last < self.every_s:
             return
@@ -99,7 +112,6 @@ class RichMetricProgress:
         self.progress: Progress | None = None
         self.task: TaskID | None = None
         self.ticker: PlainTicker | None = None
-        self.done = 0
 
     def __enter__(self) -> RichMetricProgress:
         return self
@@ -113,7 +125,7 @@ class RichMetricProgress:
         if self.quiet:
             return
         if not interactive():
-            self.ticker, self.done = PlainTicker(label, total), 0
+            self.ticker = PlainTicker(label, total)
             return
         if self.progress is None:
             self.progress = counting_progress()
@@ -122,8 +134,7 @@ class RichMetricProgress:
 
     def advance(self, count: int = 1) -> None:
         if self.ticker is not None:
-            self.done += count
-            self.ticker.update(self.done)
+            self.ticker.advance(count)
         if self.progress is not None and self.task is not None:
             self.progress.advance(self.task, count)
 
@@ -132,12 +143,6 @@ class RichMetricProgress:
 
 
 # --------------------------------------------------------------------------------------------- downloads
-def announce_line(model: str, file_name: str, size: int | None, source: str, target: Path) -> str:
-    """The line printed before a first download: what, how big, from where, where it is stored."""
-    how_big = format_size(size) if size else "size unknown"
-    return f"downloading {model}: {file_name} ({how_big}) from {source} to {target}"
-
-
 class RichDownloadProgress:
     """Registry download events as a bar on stderr (bytes, speed, ETA), or plain lines in a log; each first
     download announced by one line; ``quiet``: errors only (notes and bars hidden)."""
@@ -155,7 +160,6 @@ class RichDownloadProgress:
         )
         self.task: TaskID | None = None
         self.ticker: PlainTicker | None = None
-        self.done = 0
 
     def __enter__(self) -> RichDownloadProgress:
         self.progress.start()
@@ -172,7 +176,7 @@ class RichDownloadProgress:
 
     def start(self, label: str, total: int | None, completed: int = 0) -> None:
         if not interactive() and not self.quiet:
-            self.ticker, self.done = PlainTicker(label, total, show=format_size, start=completed), completed
+            self.ticker = PlainTicker(label, total, show=format_size, start=completed)
         if self.task is None:
             self.task = self.progress.add_task(label, total=total, completed=completed)
         else:
@@ -180,8 +184,7 @@ class RichDownloadProgress:
 
     def advance(self, nbytes: int) -> None:
         if self.ticker is not None:
-            self.done += nbytes
-            self.ticker.update(self.done)
+            self.ticker.advance(nbytes)
         if self.task is not None:
             self.progress.advance(self.task, nbytes)
 

@@ -35,17 +35,13 @@ class _DownloadBridge:
         self.display = display
         self.task: TaskID | None = None
         self.ticker: PlainTicker | None = None
-        self.done = 0
 
     def announce(self, model: str, file_name: str, size: int | None, source: str, target: Path) -> None:
         self.display.note(announce_line(model, file_name, size, source, target), style="")
 
     def start(self, label: str, total: int | None, completed: int = 0) -> None:
         if self.display.ticking:
-            self.ticker, self.done = (
-                PlainTicker(f"download {label}", total, show=format_size, start=completed),
-                completed,
-            )
+            self.ticker = PlainTicker(f"download {label}", total, show=format_size, start=completed)
         progress = self.display.progress
         if progress is None:
             return
@@ -56,8 +52,7 @@ class _DownloadBridge:
 
     def advance(self, nbytes: int) -> None:
         if self.ticker is not None:
-            self.done += nbytes
-            self.ticker.update(self.done)
+            self.ticker.advance(nbytes)
         if self.display.progress is not None and self.task is not None:
             self.display.progress.advance(self.task, nbytes)
 
@@ -86,7 +81,6 @@ class RichTaskProgress:
         self.ticking = False
         self.image_ticker: PlainTicker | None = None
         self.step_ticker: PlainTicker | None = None
-        self.images_done = 0
         self.batch = ""
 
     # lifecycle -------------------------------------------------------------------------------------
@@ -135,9 +129,8 @@ class RichTaskProgress:
             self.progress.update(self.steps, completed=done)
 
     def _image_finished(self) -> None:
-        self.images_done += 1
         if self.image_ticker is not None:
-            self.image_ticker.update(self.images_done)
+            self.image_ticker.advance()
         if self.progress is not None and self.images is not None:
             self.progress.advance(self.images)
 

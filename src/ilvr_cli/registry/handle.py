@@ -90,10 +90,6 @@ class ModelHandle:
 
     # ------------------------------------------------------------------ the cheap facts
     @property
-    def kind(self) -> str:
-        return self.spec.kind if self.spec is not None else "diffusion"
-
-    @property
     def image_size(self) -> int | None:
         if self._image_size is not None:
             return self._image_size

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Protocol
 
-__all__ = ["DownloadProgress", "NullProgress", "announce", "format_bytes"]
+__all__ = ["DownloadProgress", "NullProgress", "announce", "announce_line", "format_bytes"]
 
 
 class DownloadProgress(Protocol):
@@ -62,7 +62,13 @@ def announce(
     if method is not None:
         method(model, file_name, size, source, target)
     else:
-        progress.note(f"downloading {model}/{file_name} ({format_bytes(size)}) from {source} to {target}")
+        progress.note(announce_line(model, file_name, size, source, target))
+
+
+def announce_line(model: str, file_name: str, size: int | None, source: str, target: Path) -> str:
+    """The announcement as one line: what, how big, from where, where it is stored."""
+    how_big = format_bytes(size) if size else "size unknown"
+    return f"downloading {model}: {file_name} ({how_big}) from {source} to {target}"
 
 
 def format_bytes(n: float | None) -> str:

@@ -19,6 +19,7 @@ from ilvr_cli.errors import InputError, UsageError
 from ilvr_cli.io.load import read_image_size
 from ilvr_cli.io.scan import InputSet
 from ilvr_cli.registry.handle import ModelHandle
+from ilvr_cli.runtime import PRECISION_VARIABLE, pinned_precision
 from ilvr_cli.tasks.config import TaskConfig
 from ilvr_cli.tasks.presets import DEFAULT_STEPS, preset
 from ilvr_cli.tasks.reference import full_size_check, is_thumbnail, upscale_factor
@@ -145,12 +146,10 @@ def with_precision(settings: Settings, requested: str, resolved: str, device_typ
 
     sources, notes = dict(settings.sources), dict(settings.notes)
     if requested == "auto":
-        import os
-
         sources["precision"] = Origin.HARDWARE
-        pinned = os.environ.get("ILVR_PRECISION")
+        pinned = pinned_precision()
         native = "native bf16 here" if resolved == "bf16" else f"no native bf16 on this {device_type}"
-        notes["precision"] = f"ILVR_PRECISION={pinned}" if pinned else native
+        notes["precision"] = f"{PRECISION_VARIABLE}={pinned}" if pinned else native
     else:
         sources["precision"] = Origin.OPTION
     return dataclasses.replace(settings, precision=resolved, sources=sources, notes=notes)
