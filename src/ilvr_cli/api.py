@@ -329,7 +329,7 @@ def _run(
     **options: Any,
 ) -> list[Image.Image]:
     from ilvr_cli.tasks.plan import open_task_model
-    from ilvr_cli.tasks.runner import run_task
+    from ilvr_cli.tasks.runner import run_plan
 
     if isinstance(options.get("t_range"), str):
         options["t_range"] = parse_range(options["t_range"])
@@ -353,7 +353,7 @@ def _run(
             )
             handle = handle or open_task_model(config)
             plan = _plan(config, handle, len(sources))
-            result = run_task(config, progress, model=handle)
+            result = run_plan(plan, progress)  # the plan just checked, not planned again
         except _HeaderFailures as failures:
             raise _failure(messages, failures.failed, []) from None
         except IlvrError as error:

@@ -38,6 +38,7 @@ _EXPORTS = {
     "Failure": "result",
     "TaskResult": "result",
     "Timings": "result",
+    "run_plan": "runner",
     "run_task": "runner",
 }
 
@@ -61,6 +62,7 @@ __all__ = [
     "open_task_model",
     "parse_range",
     "plan_task",
+    "run_plan",
     "run_task",
     "shard",
 ]
@@ -80,7 +82,7 @@ if TYPE_CHECKING:
     from ilvr_cli.tasks.presets import DEFAULT_STEPS, PRESETS, TaskPreset
     from ilvr_cli.tasks.progress import RunStart, TaskProgress
     from ilvr_cli.tasks.result import Failure, TaskResult, Timings
-    from ilvr_cli.tasks.runner import run_task
+    from ilvr_cli.tasks.runner import run_plan, run_task
 
 
 def PreparedModel(  # noqa: N802 - the name of the class it replaces

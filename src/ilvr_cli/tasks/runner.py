@@ -53,8 +53,17 @@ def run_task(
     covers every rank.
     """
     started = time.perf_counter()
+    return run_plan(plan_task(config, model), progress, started=started)
+
+
+def run_plan(
+    plan: TaskPlan, progress: TaskProgress | None = None, *, started: float | None = None
+) -> TaskResult:
+    """Run a plan made by :func:`~ilvr_cli.tasks.plan.plan_task` (what :func:`run_task` does after planning;
+    a caller that inspected the plan first runs it without planning again). ``started``: when the run's
+    total time starts (default now)."""
+    started = time.perf_counter() if started is None else started
     progress = progress or TaskProgress()
-    plan = plan_task(config, model)
     info = setup_distributed(plan.device)
     try:
         result = _Run(plan, info, progress).execute()
@@ -306,4 +315,4 @@ class _Run:
         return self.conditioning
 
 
-__all__ = ["ANIMATION_FRAMES", "GRID_DIR", "group_by_input", "run_task", "to_pixels"]
+__all__ = ["ANIMATION_FRAMES", "GRID_DIR", "group_by_input", "run_plan", "run_task", "to_pixels"]
